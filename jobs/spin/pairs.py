@@ -35,9 +35,7 @@ class PromptSelection:
     duplicate_rows: int
 
 
-def select_prompts(
-    rows: Iterable[RowRef], *, count: int, held_out: int, seed: int, iteration: int
-) -> PromptSelection:
+def select_prompts(rows: Iterable[RowRef], *, count: int, held_out: int, seed: int, iteration: int) -> PromptSelection:
     """Deduplicate rows by prompt id, set a held-out split aside, and sample `count` training prompts.
 
     The first row of each prompt id wins. The held-out split is the `held_out` prompts with the smallest

@@ -6,8 +6,12 @@ from jobs.spin import collate_pairs
 
 def test_real_rows_come_first_and_only_responses_are_masked_in():
     batch = collate_pairs(
-        [[1, 2], [3]], [[4, 5, 6], [7]], [[8], [9, 9]], pad_id=0,
-        ref_logps_real=[-1.0, -2.0], ref_logps_generated=[-3.0, -4.0],
+        [[1, 2], [3]],
+        [[4, 5, 6], [7]],
+        [[8], [9, 9]],
+        pad_id=0,
+        ref_logps_real=[-1.0, -2.0],
+        ref_logps_generated=[-3.0, -4.0],
     )
     assert batch.num_pairs == 2
     assert batch.input_ids.tolist() == [

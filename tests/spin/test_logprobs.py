@@ -48,10 +48,10 @@ def test_left_and_right_padding_give_the_same_masks_and_value():
     right = pad_sequences(prompts, responses, pad_id=0, padding_side="right")
     left = pad_sequences(prompts, responses, pad_id=0, padding_side="left")
     # Same tokens at the same positions, only shifted: a position-aware model sees identical inputs.
-    for r, l, a_r, a_l in zip(right[0], left[0], right[1], left[1], strict=True):
-        assert r[a_r.bool()].tolist() == l[a_l.bool()].tolist()
-    for r, l, a_r, a_l in zip(right[2], left[2], right[1], left[1], strict=True):
-        assert r[a_r.bool()].tolist() == l[a_l.bool()].tolist()
+    for r, lft, a_r, a_l in zip(right[0], left[0], right[1], left[1], strict=True):
+        assert r[a_r.bool()].tolist() == lft[a_l.bool()].tolist()
+    for r, lft, a_r, a_l in zip(right[2], left[2], right[1], left[1], strict=True):
+        assert r[a_r.bool()].tolist() == lft[a_l.bool()].tolist()
 
     # A position-wise "model": logits depend on the token and its position id only.
     table = torch.randn(9, 16, 9)

@@ -48,8 +48,9 @@ def test_gradient_raises_real_and_lowers_generated(loss_type):
     # Start the margin below each loss's optimum so every variant still has something to push.
     policy_real = torch.tensor([-10.0], requires_grad=True)
     policy_generated = torch.tensor([-10.0], requires_grad=True)
-    out = spin_loss(policy_real, policy_generated, torch.tensor([-10.0]), torch.tensor([-10.0]), beta=0.1,
-                    loss_type=loss_type)
+    out = spin_loss(
+        policy_real, policy_generated, torch.tensor([-10.0]), torch.tensor([-10.0]), beta=0.1, loss_type=loss_type
+    )
     out.losses.sum().backward()
     # Gradient descent moves against the gradient: real up (negative grad), generated down (positive grad).
     assert policy_real.grad.item() < 0

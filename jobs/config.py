@@ -1,0 +1,228 @@
+"""Typed configuration of a SPIN run, loaded from YAML.
+
+Pydantic and the standard library only, so the control plane can validate a config without torch or Ray.
+Defaults are the paper's (Chen et al. 2024, zephyr-7b-sft-full on UltraChat-200k, §5 and the official
+configs/config.yaml) unless a comment says why not.
+
+    cfg = SpinConfig.from_yaml("jobs/configs/demo_cpu.yaml", overrides=["train.beta=0.2"])
+    cfg.iteration(1)  # the settings iteration 1 runs with
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+LossType = Literal["sigmoid", "hinge", "ipo"]  # mirrors jobs.spin.loss.LossType, which needs torch
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    path: str = Field(description="Hugging Face checkpoint directory of the SFT model (iteration 0's reference).")
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+
+
+class DataConfig(_Strict):
+    path: str | None = Field(None, description="JSONL or Parquet file, directory or pyarrow.fs URI (s3://...).")
+    source: Literal["file", "chatterbot"] = Field(
+        "file", description="`chatterbot` reads the English chatterbot-corpus package instead of `path`."
+    )
+    format: Literal["auto", "jsonl", "parquet"] = "auto"
+    bad_rows: Literal["fail", "skip"] = Field(
+        "fail", description="A row that cannot be used either stops the run, naming it, or is skipped and counted."
+    )
+    # The official reformat.py keeps only the first user/assistant exchange of each conversation.
+    turn: Literal["first", "last"] = "first"
+    held_out_prompts: int = Field(0, ge=0, description="Prompts set aside for evaluation, never trained on.")
+    seed: int = 42  # the official code shuffles with seed 42
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> DataConfig:
+        if self.source == "file" and not self.path:
+            raise ValueError("data.path is required when data.source is 'file'")
+        return self
+
+
+class SamplingConfig(_Strict):
+    # spin/generate_vllm.py samples at temperature 1.0, top_p 1.0: the model's own distribution.
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    # None: a response may use whatever max_length leaves after its prompt, the same cap as the real
+    # response. The paper's 256 against up to 512 real tokens made the two sides unequal (uclaml/SPIN#9).
+    max_new_tokens: int | None = Field(None, ge=1)
+    seed: int = 0
+
+
+class GeneratorConfig(_Strict):
+    """The Ray Serve vLLM deployment."""
+
+    num_replicas: int = Field(1, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_num_seqs: int = Field(64, ge=1)
+    enforce_eager: bool = True  # CUDA graphs / torch.compile add minutes of start-up for little gain here
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
+    # Without a bound, vLLM's CPU backend takes ~92% of RAM for its KV cache (DESIGN.md §5).
+    kv_cache_memory_bytes: int | None = Field(256 * 2**20, ge=2**20)
+    num_cpus: float = Field(1.0, ge=0.0)
+    num_gpus: float = Field(0.0, ge=0.0)
+    prompts_per_request: int = Field(16, ge=1)
+    callers: int = Field(2, ge=1, description="Ray Data actors sending prompts to the deployment concurrently.")
+    request_timeout_s: float = Field(600.0, gt=0.0)  # a bad request can hang vLLM silently; never wait forever
+
+
+class TrainConfig(_Strict):
+    loss_type: LossType = "sigmoid"
+    beta: float = Field(0.1, gt=0.0)
+    learning_rate: float = Field(5e-7, gt=0.0)
+    optimizer: Literal["rmsprop", "adamw"] = "rmsprop"
+    lr_scheduler: Literal["linear", "constant"] = "linear"
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)  # HF Trainer default, which the official code keeps
+    max_grad_norm: float | None = Field(1.0, gt=0.0)  # likewise
+    epochs: int = Field(2, ge=1)
+    global_batch_size: int = Field(64, ge=1)  # 8 GPUs × 8 per device × 1 accumulation step
+    micro_batch_size: int = Field(8, ge=1, description="Pairs per worker per forward pass.")
+    max_prompt_length: int = Field(512, ge=1)
+    max_length: int = Field(1024, ge=2)
+    # Pairs whose generation equals the real response give exactly zero gradient and only dilute a batch.
+    # The paper keeps them; on short-answer tasks dropping them matters (research/small-models-data.md §3).
+    drop_identical_pairs: bool = False
+    num_workers: int = Field(8, ge=1)  # the paper trained on 8 A100s
+    use_gpu: bool = True
+    cpus_per_worker: float = Field(1.0, ge=0.0)
+    precision: Literal["bf16", "fp32"] = "bf16"
+    checkpoint_every_steps: int = Field(100, ge=1)
+    max_failures: int = Field(3, ge=-1, description="Worker-group restarts before the iteration fails (-1: no limit).")
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(
+                f"train.max_prompt_length ({self.max_prompt_length}) must be below train.max_length "
+                f"({self.max_length}) to leave room for a response"
+            )
+        per_step = self.micro_batch_size * self.num_workers
+        if self.global_batch_size % per_step:
+            raise ValueError(
+                f"train.global_batch_size ({self.global_batch_size}) must be a multiple of "
+                f"train.micro_batch_size × train.num_workers ({self.micro_batch_size} × {self.num_workers})"
+            )
+        if self.precision == "bf16" and not self.use_gpu:
+            raise ValueError("train.precision 'bf16' needs train.use_gpu; use 'fp32' on CPU")
+        return self
+
+    @property
+    def accumulation_steps(self) -> int:
+        return self.global_batch_size // (self.micro_batch_size * self.num_workers)
+
+
+class IterationSettings(_Strict):
+    """Per-iteration overrides; a field left out takes the run-wide value."""
+
+    prompts: int | None = Field(None, ge=1)
+    epochs: int | None = Field(None, ge=1)
+    learning_rate: float | None = Field(None, gt=0.0)
+    beta: float | None = Field(None, gt=0.0)
+    loss_type: LossType | None = None
+    mix_previous: bool | None = None
+
+
+class ResolvedIteration(_Strict):
+    """What iteration k runs with, after the overrides."""
+
+    index: int
+    prompts: int
+    epochs: int
+    learning_rate: float
+    beta: float
+    loss_type: LossType
+    mix_previous: bool
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(None, description="Join this cluster; None starts a local one on 127.0.0.1.")
+    # Logical CPUs for a local cluster. More than the cores on purpose: Ray Data stages otherwise wait
+    # forever for a CPU that Serve and Train hold (DESIGN.md §5).
+    num_cpus: float | None = 4
+    object_store_memory: int | None = 512 * 2**20
+
+
+# The paper's schedule: four iterations, lr 5e-7 for iterations 0-1 and 1e-7 afterwards.
+_PAPER_SCHEDULE = [
+    IterationSettings(),
+    IterationSettings(),
+    IterationSettings(learning_rate=1e-7),
+    IterationSettings(learning_rate=1e-7),
+]
+
+
+class SpinConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    storage_uri: str = Field(description="Where iter_<k>/ folders go: a local path or a pyarrow.fs URI.")
+    model: ModelConfig
+    data: DataConfig
+    sampling: SamplingConfig = SamplingConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+    train: TrainConfig = TrainConfig()
+    prompts_per_iteration: int = Field(50_000, ge=1)
+    mix_previous: bool = True  # iteration t trains on the pairs of t and t−1
+    iterations: list[IterationSettings] = Field(default_factory=lambda: list(_PAPER_SCHEDULE), min_length=1)
+    ray: RayConfig = RayConfig()
+
+    @property
+    def num_iterations(self) -> int:
+        return len(self.iterations)
+
+    def iteration(self, k: int) -> ResolvedIteration:
+        if not 0 <= k < self.num_iterations:
+            raise IndexError(f"iteration {k} is outside this run's {self.num_iterations} iterations")
+        o = self.iterations[k]
+
+        def pick(value: Any, default: Any) -> Any:
+            return default if value is None else value
+
+        return ResolvedIteration(
+            index=k,
+            prompts=pick(o.prompts, self.prompts_per_iteration),
+            epochs=pick(o.epochs, self.train.epochs),
+            learning_rate=pick(o.learning_rate, self.train.learning_rate),
+            beta=pick(o.beta, self.train.beta),
+            loss_type=pick(o.loss_type, self.train.loss_type),
+            mix_previous=pick(o.mix_previous, self.mix_previous),
+        )
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> SpinConfig:
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+        return cls.model_validate(apply_overrides(data, overrides or []))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False), sort_keys=False)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.field=value` overrides (values parsed as YAML) to a nested dict, returning a new one."""
+    out: dict[str, Any] = yaml.safe_load(yaml.safe_dump(data))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not of the form section.field=value")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out

@@ -1,0 +1,158 @@
+"""SFT rows: the two accepted shapes, their validation, and the readers for files and bundled corpora.
+
+Accepted rows (JSONL lines or Parquet rows):
+
+    {"prompt_id": "...", "messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}, ...]}
+    {"prompt_id": "...", "prompt": "...", "response": "...", "system": "..."}   # prompt_id, system optional
+
+A row becomes one (prompt messages, real response) example. A row that cannot be used raises BadRow with
+the reason; the caller adds where it is (file and line or row).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+ROLES = ("system", "user", "assistant")
+
+
+class BadRow(ValueError):
+    """A row that cannot be turned into a (prompt, real response) example."""
+
+
+class BadRowsError(ValueError):
+    """Unusable rows were found and the data config says to fail."""
+
+    def __init__(self, count: int, examples: list[str]):
+        self.count = count
+        self.examples = examples
+        shown = "\n  ".join(examples)
+        more = f"\n  ... and {count - len(examples)} more" if count > len(examples) else ""
+        super().__init__(
+            f"{count} SFT row(s) cannot be used (set data.bad_rows: skip to skip and count them):\n  {shown}{more}"
+        )
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    prompt_id: str
+    prompt: list[dict[str, str]]
+    real: str
+
+
+def locate(source: str, row: int) -> str:
+    """Human form of a row position: 'file.jsonl line 7' (1-based) or 'file.parquet row 6' (0-based)."""
+    if source.endswith((".jsonl", ".json")):
+        return f"{source} line {row + 1}"
+    return f"{source} row {row}"
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise BadRow(f"{what} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise BadRow(f"{what} is empty")
+    return value
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise BadRow(f"'messages' must be a non-empty list, got {type(value).__name__}")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise BadRow(f"messages[{i}] must be an object with 'role' and 'content'")
+        role = m.get("role")
+        if role not in ROLES:
+            raise BadRow(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}")
+        out.append({"role": role, "content": _text(m.get("content"), f"messages[{i}].content")})
+    return out
+
+
+def _prompt_id(value: Any, prompt: list[dict[str, str]]) -> str:
+    if value is None:
+        # Rows without an id are identified by their prompt, so identical prompts dedupe as one.
+        return "sha1-" + hashlib.sha1(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:20]
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise BadRow(f"'prompt_id' must be a string or an integer, got {type(value).__name__}")
+    if isinstance(value, str) and not value.strip():
+        raise BadRow("'prompt_id' is empty")
+    return str(value)
+
+
+def normalize_row(obj: Any, turn: Literal["first", "last"] = "first") -> SFTExample:
+    """Turn one raw row into an example, or raise BadRow saying what is wrong with it."""
+    if not isinstance(obj, dict):
+        raise BadRow(f"expected an object, got {type(obj).__name__}")
+    if obj.get("messages") is not None:
+        messages = _messages(obj["messages"])
+        answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        if not answers:
+            raise BadRow("'messages' has no assistant message to use as the real response")
+        end = answers[0] if turn == "first" else answers[-1]
+        prompt, real = messages[:end], messages[end]["content"]
+        if not any(m["role"] == "user" for m in prompt):
+            raise BadRow("the assistant message is not preceded by a user message")
+    elif "prompt" in obj or "response" in obj:
+        if "response" not in obj or obj["response"] is None:
+            raise BadRow("'response' is missing")
+        if "prompt" not in obj or obj["prompt"] is None:
+            raise BadRow("'prompt' is missing")
+        real = _text(obj["response"], "'response'")
+        prompt = [{"role": "user", "content": _text(obj["prompt"], "'prompt'")}]
+        if obj.get("system") is not None:
+            prompt.insert(0, {"role": "system", "content": _text(obj["system"], "'system'")})
+    else:
+        raise BadRow(f"needs 'messages', or 'prompt' and 'response'; found keys {sorted(obj)}")
+    return SFTExample(_prompt_id(obj.get("prompt_id"), prompt), prompt, real)
+
+
+def iter_raw_rows(data: bytes, source: str) -> Iterator[tuple[int, Any]]:
+    """(row number, raw object) pairs of one JSONL or Parquet file's bytes; a JSONL line that is not JSON
+    yields a BadRow instead of an object, so one broken line does not hide the others."""
+    if source.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(io.BytesIO(data))
+        for i, row in enumerate(table.to_pylist()):
+            yield i, {k: v for k, v in row.items() if v is not None}
+        return
+    for i, line in enumerate(data.decode("utf-8").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            yield i, json.loads(line)
+        except json.JSONDecodeError as e:
+            yield i, BadRow(f"not valid JSON ({e.msg} at column {e.colno})")
+
+
+def chatterbot_rows(language: str = "english") -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """(source, row, raw row) for each conversation of the chatterbot-corpus package (BSD-3-Clause).
+
+    Each YAML conversation alternates user and assistant turns. YAML reads answers like `1945` as numbers,
+    which are turned back into the text they were written as.
+    """
+    from importlib import resources
+
+    import yaml
+
+    root = resources.files("chatterbot_corpus") / "data" / language
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if not entry.name.endswith(".yml"):
+            continue
+        doc = yaml.safe_load(entry.read_text(encoding="utf-8")) or {}
+        for i, conversation in enumerate(doc.get("conversations") or []):
+            turns = conversation if isinstance(conversation, list) else [conversation]
+            messages = [
+                {"role": "user" if j % 2 == 0 else "assistant", "content": _as_text(t)} for j, t in enumerate(turns)
+            ]
+            yield f"chatterbot/{language}/{entry.name}", i, {"messages": messages}
+
+
+def _as_text(value: Any) -> Any:
+    return value if isinstance(value, str) or value is None else str(value)
