@@ -112,10 +112,16 @@ def normalize_row(obj: Any, turn: Literal["first", "last"] = "first") -> SFTExam
     return SFTExample(_prompt_id(obj.get("prompt_id"), prompt), prompt, real)
 
 
-def iter_raw_rows(data: bytes, source: str) -> Iterator[tuple[int, Any]]:
+def file_kind(path: str, fmt: Literal["auto", "jsonl", "parquet"] = "auto") -> Literal["jsonl", "parquet"]:
+    if fmt != "auto":
+        return fmt
+    return "parquet" if path.endswith(".parquet") else "jsonl"
+
+
+def iter_raw_rows(data: bytes, kind: Literal["jsonl", "parquet"]) -> Iterator[tuple[int, Any]]:
     """(row number, raw object) pairs of one JSONL or Parquet file's bytes; a JSONL line that is not JSON
     yields a BadRow instead of an object, so one broken line does not hide the others."""
-    if source.endswith(".parquet"):
+    if kind == "parquet":
         import pyarrow.parquet as pq
 
         table = pq.read_table(io.BytesIO(data))

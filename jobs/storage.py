@@ -64,7 +64,8 @@ class RunStorage:
 
     def commit(self, staging: str, path: str, meta: dict[str, Any] | None = None) -> None:
         """Move a staging folder into place and mark it complete. Any earlier, unmarked `path` is removed."""
-        self.discard(path)
+        if self.exists(path):
+            self.fs.delete_dir(path)
         self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         if isinstance(self.fs, pafs.LocalFileSystem):
             self.fs.move(staging, path)  # a rename: atomic on one filesystem

@@ -11,6 +11,7 @@ from jobs.spin.metrics import METRIC_NAMES, metrics_from_sums, pair_metric_sums
 from jobs.spin.pairs import (
     PromptSelection,
     RowRef,
+    completed_response,
     response_budget,
     sample_key,
     select_prompts,
@@ -28,6 +29,7 @@ __all__ = [
     "RowRef",
     "SpinLossOutput",
     "collate_pairs",
+    "completed_response",
     "metrics_from_sums",
     "pad_sequences",
     "pair_metric_sums",

@@ -88,3 +88,12 @@ def truncate_response(response_ids: Sequence[int], budget: int) -> tuple[list[in
 def training_iterations(iteration: int, mix_previous: bool) -> list[int]:
     """Iterations whose pairs iteration t trains on: t, and t−1 when mixing (the paper's recipe from t=1)."""
     return [iteration - 1, iteration] if mix_previous and iteration > 0 else [iteration]
+
+
+def completed_response(token_ids: Sequence[int], finished: bool, eos_id: int) -> list[int]:
+    """A generated response in the form real responses take: ending with exactly one EOS when the model
+    ended its turn, and as sampled when it ran out of tokens."""
+    ids = list(token_ids)
+    if finished and (not ids or ids[-1] != eos_id):
+        ids.append(eos_id)
+    return ids

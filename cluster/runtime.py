@@ -1,0 +1,117 @@
+"""Starting or joining Ray with the project's settings, the same way in every process.
+
+Every process of a run (the driver, Ray's workers, the Serve replica, a Jobs client) must agree on these
+settings; the local defaults bind everything to 127.0.0.1 and talk to nothing outside (DESIGN.md §5).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+# Quiet, offline and private by default; a value already in the environment wins.
+COMMON_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TOKENIZERS_PARALLELISM": "false",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+}
+
+# A local single-machine cluster: Ray's "no cluster" mode puts the node and every listener on the
+# loopback address (otherwise Ray binds the machine's network address). Token auth is off because nothing
+# listens beyond 127.0.0.1; a shared cluster sets RAY_AUTH_MODE=token in every process instead.
+LOCAL_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "VLLM_HOST_IP": "127.0.0.1",
+    "VLLM_LOOPBACK_IP": "127.0.0.1",
+}
+
+
+def is_local() -> bool:
+    """Whether this process talks to (or starts) a local loopback-only cluster."""
+    return os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0"
+
+
+def apply_env(local: bool) -> dict[str, str]:
+    """Set the project's environment in this process (keeping values already set); returns it."""
+    env = {**COMMON_ENV, **(LOCAL_ENV if local else {})}
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    return {key: os.environ[key] for key in env}
+
+
+def vllm_env(use_gpu: bool) -> dict[str, str]:
+    """Environment for a vLLM engine process."""
+    env = {
+        "VLLM_NO_USAGE_STATS": "1",
+        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
+        # The weight hand-off sends a function to the engine process; both are ours, on one machine.
+        "VLLM_ALLOW_INSECURE_SERIALIZATION": "1",
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+    }
+    if not use_gpu:
+        # One engine per machine here: let it use every core (the default binds one core and reserves
+        # another for the scheduler, 1.6x slower on 2 cores), and run the engine core in-process.
+        cores = os.cpu_count() or 1
+        env["VLLM_CPU_OMP_THREADS_BIND"] = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", f"0-{cores - 1}")
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    if is_local():
+        env["VLLM_HOST_IP"] = env["VLLM_LOOPBACK_IP"] = "127.0.0.1"
+    return env
+
+
+def connect(
+    address: str | None = None,
+    *,
+    num_cpus: float | None = None,
+    object_store_memory: int | None = None,
+    include_dashboard: bool = False,
+    log_to_driver: bool | None = None,
+) -> dict[str, Any]:
+    """Join the Ray cluster at `address` (or $RAY_ADDRESS, as inside a Ray Job), else start a local one.
+
+    Returns the cluster's resources. A local cluster listens on 127.0.0.1 only. Workers' output reaches
+    this console only with `log_to_driver` (default: $SPIN_VERBOSE); it is always in Ray's log folder.
+    """
+    address = address or os.environ.get("RAY_ADDRESS")
+    env = apply_env(local=address is None or is_local())
+    import ray
+    from ray._private import ray_constants
+
+    if is_local() and ray_constants.ENABLE_RAY_CLUSTER:
+        # Ray reads this switch once, at import: set the environment before anything imports ray.
+        raise RuntimeError("ray was imported before cluster.runtime.apply_env(local=True); call it first")
+    if ray.is_initialized():
+        return dict(ray.cluster_resources())
+    runtime_env = {"env_vars": env}
+    if log_to_driver is None:
+        log_to_driver = os.environ.get("SPIN_VERBOSE", "0") not in ("", "0")
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING, log_to_driver=log_to_driver)
+    else:
+        ray.init(
+            num_cpus=int(num_cpus) if num_cpus else None,
+            object_store_memory=object_store_memory,
+            include_dashboard=include_dashboard,
+            dashboard_host="127.0.0.1",
+            runtime_env=runtime_env,
+            logging_level=logging.WARNING,
+            log_to_driver=log_to_driver,
+        )
+    quiet_libraries()
+    return dict(ray.cluster_resources())
+
+
+def quiet_libraries() -> None:
+    """Keep the driver's console for our progress: libraries speak up at WARNING and above."""
+    for name in ("ray.data", "ray.train", "ray.serve", "ray.tune", "vllm", "transformers"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Ray Data warns on every dataset that the progress bars we turned off are off.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)

@@ -1,0 +1,145 @@
+"""Progress of an iteration's stages, shown on a console and written where the control plane reads it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from jobs.storage import RunStorage
+
+logger = logging.getLogger("spin")
+
+
+class Sink(Protocol):
+    def start(self, stage: str, total: int | None) -> None: ...
+    def update(self, stage: str, completed: int, total: int | None, info: dict[str, Any]) -> None: ...
+    def end(self, stage: str, seconds: float, error: str | None) -> None: ...
+
+
+class Stage:
+    def __init__(self, progress: Progress, name: str, total: int | None):
+        self.progress, self.name, self.total = progress, name, total
+        self.completed = 0
+
+    def update(self, completed: int, total: int | None = None, **info: Any) -> None:
+        self.completed = completed
+        self.total = total if total is not None else self.total
+        for sink in self.progress.sinks:
+            sink.update(self.name, completed, self.total, info)
+
+
+class Progress:
+    """Fans stage events out to sinks and keeps each stage's wall time."""
+
+    def __init__(self, *sinks: Sink):
+        self.sinks = list(sinks)
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str, total: int | None = None) -> Iterator[Stage]:
+        for sink in self.sinks:
+            sink.start(name, total)
+        start = time.perf_counter()
+        error = None
+        try:
+            yield Stage(self, name, total)
+        except BaseException as e:
+            error = f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            self.seconds[name] = round(time.perf_counter() - start, 3)
+            for sink in self.sinks:
+                sink.end(name, self.seconds[name], error)
+
+
+class LogSink:
+    """Structured, throttled log lines: what a Ray Job's log shows."""
+
+    def __init__(self, every_s: float = 10.0):
+        self.every_s = every_s
+        self._last = 0.0
+
+    def start(self, stage: str, total: int | None) -> None:
+        logger.info("stage started", extra={"stage": stage, "total": total})
+
+    def update(self, stage: str, completed: int, total: int | None, info: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every_s or completed == total:
+            self._last = now
+            logger.info("progress", extra={"stage": stage, "completed": completed, "total": total, **info})
+
+    def end(self, stage: str, seconds: float, error: str | None) -> None:
+        logger.info("stage ended", extra={"stage": stage, "seconds": seconds, "error": error})
+
+
+class StatusSink:
+    """iter_<k>/status.json in the run's storage: the current stage and how far it is, for the control plane."""
+
+    def __init__(self, storage: RunStorage, iteration: int, every_s: float = 2.0):
+        self.storage, self.path, self.every_s = storage, storage.iteration_path(iteration, "status.json"), every_s
+        self.status: dict[str, Any] = {"iteration": iteration, "stage": None, "stage_seconds": {}}
+        self._last = 0.0
+
+    def _write(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last >= self.every_s:
+            self._last = now
+            self.status["updated_at"] = datetime.now(UTC).isoformat()
+            self.storage.write_json(self.path, self.status)
+
+    def start(self, stage: str, total: int | None) -> None:
+        self.status.update(stage=stage, completed=0, total=total, info={}, error=None)
+        self._write(force=True)
+
+    def update(self, stage: str, completed: int, total: int | None, info: dict[str, Any]) -> None:
+        self.status.update(completed=completed, total=total, info=info)
+        self._write(force=completed == total)
+
+    def end(self, stage: str, seconds: float, error: str | None) -> None:
+        self.status["stage_seconds"][stage] = seconds
+        self.status["error"] = error
+        self._write(force=True)
+
+
+class RichSink:
+    """A live progress bar per stage on the terminal."""
+
+    def __init__(self, console: Any = None):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.bars = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description:<9}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console or Console(stderr=True),
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def start(self, stage: str, total: int | None) -> None:
+        if not self.tasks:
+            self.bars.start()
+        self.tasks[stage] = self.bars.add_task(stage, total=total, info="")
+
+    def update(self, stage: str, completed: int, total: int | None, info: dict[str, Any]) -> None:
+        text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items())
+        self.bars.update(self.tasks[stage], completed=completed, total=total, info=text)
+
+    def end(self, stage: str, seconds: float, error: str | None) -> None:
+        task = self.tasks[stage]
+        if error is None:
+            total = self.bars.tasks[task].total
+            self.bars.update(task, completed=total if total is not None else self.bars.tasks[task].completed)
+        else:
+            self.bars.update(task, info=f"[red]failed: {error[:80]}")
+
+    def close(self) -> None:
+        if self.tasks:
+            self.bars.stop()

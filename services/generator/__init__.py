@@ -1,0 +1,1 @@
+"""The generator: a Ray Serve deployment running vLLM. Only deployment.py imports vllm."""

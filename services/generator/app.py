@@ -1,0 +1,40 @@
+"""Typed Serve application builder for the generator.
+
+    serve run services.generator.app:build_generator_app model_path=/models/sft
+
+or, in a Serve config / RayService `serveConfigV2`:
+
+    applications:
+      - name: spin-generator
+        import_path: services.generator.app:build_generator_app
+        args: {model_path: /models/sft, dtype: bfloat16, tensor_parallel_size: 1}
+"""
+
+from __future__ import annotations
+
+from ray.serve import Application
+
+from cluster.runtime import vllm_env
+from services.generator.schemas import GeneratorArgs, WeightsUpdate
+
+APP_NAME = "spin-generator"
+DEPLOYMENT_NAME = "SpinGenerator"
+
+
+def build_generator_app(args: GeneratorArgs, weights: WeightsUpdate | None = None) -> Application:
+    """The generator application. `weights`, when given, becomes the Serve user_config: changing only it
+    moves running replicas to new weights in place (see cluster/weights.py)."""
+    from services.generator.deployment import SpinGenerator
+
+    env = {**vllm_env(use_gpu=args.num_gpus > 0), **args.env}
+    options = {"user_config": weights.model_dump()} if weights else {}
+    return SpinGenerator.options(
+        **options,
+        num_replicas=args.num_replicas,
+        max_ongoing_requests=args.max_ongoing_requests,
+        ray_actor_options={
+            "num_cpus": args.num_cpus,
+            "num_gpus": args.num_gpus,
+            "runtime_env": {"env_vars": env},
+        },
+    ).bind(args.model_dump())

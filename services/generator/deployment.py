@@ -1,0 +1,163 @@
+"""SpinGenerator: a Ray Serve deployment around a vLLM `AsyncLLM` engine.
+
+It serves batched generation and scoring for one model directory, and moves to new weights in place
+when its Serve `user_config` changes (`reconfigure`), after in-flight requests drain, so no output ever
+mixes two models. vllm is imported inside the replica only, so callers need not have it installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+
+from services.generator.schemas import (
+    Completion,
+    GenerateRequest,
+    GenerateResponse,
+    GeneratorArgs,
+    GeneratorInfo,
+    ScoreRequest,
+    ScoreResponse,
+    WeightsUpdate,
+)
+
+logger = logging.getLogger("ray.serve")
+
+
+def refresh_post_load(worker: Any) -> None:
+    """Redo the post-load processing of the output projection after an in-place reload.
+
+    vLLM's CPU backend prepacks each linear layer's weight when a model loads. With tied embeddings the
+    checkpoint has no `lm_head` entry, so `reload_weights` never repacks it and the old output projection
+    stays in use (measured: research/feasibility-vllm.md §5). Repacking it from the reloaded embedding
+    restores parity with a fresh engine; on GPU it is a no-op.
+    """
+    model = worker.model_runner.model
+    lm_head = getattr(model, "lm_head", None)
+    method = getattr(lm_head, "quant_method", None)
+    if method is not None and hasattr(method, "process_weights_after_loading"):
+        method.process_weights_after_loading(lm_head)
+
+
+@serve.deployment(name="SpinGenerator", health_check_period_s=10, health_check_timeout_s=60)
+class SpinGenerator:
+    def __init__(self, args: dict[str, Any]):
+        self._args = GeneratorArgs.model_validate(args)
+        self._model_path = self._args.model_path
+        self._version = self._args.model_version
+        self._engine = self._start_engine(self._model_path)
+        # Requests in flight, and whether a weight move is under way: a move waits for the requests to
+        # drain and new requests wait for the move, so each response comes from exactly one version.
+        self._gate = asyncio.Condition()
+        self._in_flight = 0
+        self._moving = False
+
+    @contextlib.asynccontextmanager
+    async def _serving(self) -> AsyncIterator[int]:
+        async with self._gate:
+            await self._gate.wait_for(lambda: not self._moving)
+            self._in_flight += 1
+            version = self._version
+        try:
+            yield version
+        finally:
+            async with self._gate:
+                self._in_flight -= 1
+                self._gate.notify_all()
+
+    def _start_engine(self, model_path: str) -> Any:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        a = self._args
+        kwargs: dict[str, Any] = dict(
+            model=model_path,
+            tokenizer=model_path,
+            dtype=a.dtype,
+            max_model_len=a.max_model_len,
+            max_num_seqs=a.max_num_seqs,
+            tensor_parallel_size=a.tensor_parallel_size,
+            enforce_eager=a.enforce_eager,
+            gpu_memory_utilization=a.gpu_memory_utilization,
+            seed=a.seed,
+            disable_log_stats=True,
+        )
+        if a.kv_cache_memory_bytes is not None:
+            kwargs["kv_cache_memory_bytes"] = a.kv_cache_memory_bytes
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+
+    async def generate(self, request: GenerateRequest) -> GenerateResponse:
+        from vllm import SamplingParams
+
+        seeds = request.seeds or [None] * len(request.prompt_token_ids)
+        params = [
+            SamplingParams(temperature=request.temperature, top_p=request.top_p, max_tokens=m, seed=s)
+            for m, s in zip(request.max_tokens, seeds, strict=True)
+        ]
+        async with self._serving() as version:
+            outputs = await asyncio.gather(
+                *(self._run(ids, p) for ids, p in zip(request.prompt_token_ids, params, strict=True))
+            )
+        completions = [
+            Completion(text=o.text, token_ids=list(o.token_ids), finish_reason=o.finish_reason or "abort")
+            for o in (out.outputs[0] for out in outputs)
+        ]
+        return GenerateResponse(completions=completions, model_version=version)
+
+    async def score(self, request: ScoreRequest) -> ScoreResponse:
+        """Summed log-prob of each completion given its prompt, from vLLM's prompt log-probs."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        sequences = [p + c for p, c in zip(request.prompt_token_ids, request.completion_token_ids, strict=True)]
+        async with self._serving() as version:
+            outputs = await asyncio.gather(*(self._run(ids, params) for ids in sequences))
+        logps = []
+        for out, ids, prompt in zip(outputs, sequences, request.prompt_token_ids, strict=True):
+            logps.append(sum(out.prompt_logprobs[t][ids[t]].logprob for t in range(len(prompt), len(ids))))
+        return ScoreResponse(logps=logps, model_version=version)
+
+    async def _run(self, token_ids: list[int], params: Any) -> Any:
+        from vllm.inputs import TokensPrompt
+
+        final = None
+        async for out in self._engine.generate(TokensPrompt(prompt_token_ids=token_ids), params, uuid.uuid4().hex):
+            final = out
+        if final is None:
+            raise RuntimeError("the vLLM engine returned no output")
+        return final
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Move to the weights named in the Serve user_config, if they differ from the current ones."""
+        update = WeightsUpdate.model_validate(user_config)
+        if (update.model_path, update.model_version) == (self._model_path, self._version):
+            return
+        async with self._gate:
+            self._moving = True
+            await self._gate.wait_for(lambda: self._in_flight == 0)
+        try:
+            await self._engine.collective_rpc("reload_weights", kwargs={"weights_path": update.model_path})
+            await self._engine.collective_rpc(refresh_post_load)
+            await self._engine.reset_prefix_cache()
+            self._model_path, self._version = update.model_path, update.model_version
+        finally:
+            async with self._gate:
+                self._moving = False
+                self._gate.notify_all()
+        logger.info("generator moved to %s (version %d)", update.model_path, update.model_version)
+
+    async def args(self) -> GeneratorArgs:
+        """The arguments this replica was deployed with (moving weights keeps them unchanged)."""
+        return self._args
+
+    async def info(self) -> GeneratorInfo:
+        return GeneratorInfo(model_path=self._model_path, model_version=self._version)
+
+    async def check_health(self) -> None:
+        await self._engine.check_health()

@@ -1,0 +1,95 @@
+"""What the generator deployment takes and returns (pydantic only; no vllm import)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GeneratorArgs(_Strict):
+    """Arguments of `build_generator_app`, from Python, a Serve config file or the control plane."""
+
+    model_path: str = Field(description="Local folder of a Hugging Face checkpoint (a cached copy for remote runs).")
+    model_version: int = Field(0, ge=0, description="Iteration whose model this is; 0 is the SFT model.")
+    dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    max_model_len: int = Field(1024, ge=8)
+    max_num_seqs: int = Field(64, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    enforce_eager: bool = True
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
+    kv_cache_memory_bytes: int | None = Field(None, ge=2**20)
+    seed: int = 0
+    num_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(1.0, ge=0.0)
+    num_gpus: float = Field(0.0, ge=0.0)
+    max_ongoing_requests: int = Field(64, ge=1)
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the replica process.")
+
+
+class GenerateRequest(_Strict):
+    """A batch of prompts, given as token ids so the caller's chat template is the only one in play."""
+
+    prompt_token_ids: list[list[int]] = Field(min_length=1)
+    max_tokens: list[int]
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seeds: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _aligned(self) -> GenerateRequest:
+        n = len(self.prompt_token_ids)
+        if len(self.max_tokens) != n or (self.seeds is not None and len(self.seeds) != n):
+            raise ValueError("max_tokens and seeds must give one value per prompt")
+        if any(not ids for ids in self.prompt_token_ids):
+            raise ValueError("every prompt needs at least one token")
+        if any(m < 1 for m in self.max_tokens):
+            raise ValueError("max_tokens must be >= 1 for every prompt")
+        return self
+
+
+class Completion(_Strict):
+    text: str
+    token_ids: list[int]
+    finish_reason: Literal["stop", "length", "abort"]
+
+
+class GenerateResponse(_Strict):
+    completions: list[Completion]
+    model_version: int
+
+
+class ScoreRequest(_Strict):
+    """(prompt, completion) token-id pairs whose completion log-probs to sum."""
+
+    prompt_token_ids: list[list[int]] = Field(min_length=1)
+    completion_token_ids: list[list[int]]
+
+    @model_validator(mode="after")
+    def _aligned(self) -> ScoreRequest:
+        if len(self.completion_token_ids) != len(self.prompt_token_ids):
+            raise ValueError("give one completion per prompt")
+        if any(not ids for ids in self.prompt_token_ids) or any(not ids for ids in self.completion_token_ids):
+            raise ValueError("prompts and completions need at least one token each")
+        return self
+
+
+class ScoreResponse(_Strict):
+    logps: list[float]
+    model_version: int
+
+
+class GeneratorInfo(_Strict):
+    model_path: str
+    model_version: int
+
+
+class WeightsUpdate(_Strict):
+    """The Serve `user_config` that moves a running generator to new weights."""
+
+    model_path: str
+    model_version: int = Field(ge=0)
