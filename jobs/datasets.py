@@ -129,14 +129,18 @@ def write_records(
     """
     staging = storage.staging_path(path)
     rows = 0
-    for i, batch in enumerate(ds.iter_batches(batch_format="pyarrow", batch_size=None)):
-        if batch.num_rows == 0:
-            continue
-        with storage.fs.open_output_stream(f"{staging}/part-{i:05d}.parquet") as f:
-            pq.write_table(batch.cast(schema), f)
-        rows += batch.num_rows
-        if on_rows:
-            on_rows(rows)
+    try:
+        for i, batch in enumerate(ds.iter_batches(batch_format="pyarrow", batch_size=None)):
+            if batch.num_rows == 0:
+                continue
+            with storage.fs.open_output_stream(f"{staging}/part-{i:05d}.parquet") as f:
+                pq.write_table(batch.cast(schema), f)
+            rows += batch.num_rows
+            if on_rows:
+                on_rows(rows)
+    except BaseException:
+        storage.fs.delete_dir(staging)  # nothing half-written stays behind
+        raise
     storage.commit(staging, path, {"rows": rows, **(meta or {})})
     return rows
 

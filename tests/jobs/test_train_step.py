@@ -27,8 +27,10 @@ def test_left_and_right_padding_give_the_same_log_probs_through_the_model(tiny_m
         right = policy_logps(model, collate_pairs(prompts, real, generated, pad_id=pad_id(tok)))
         left = policy_logps(model, collate_pairs(prompts, real, generated, pad_id=pad_id(tok), padding_side="left"))
         # Each pair alone, with no padding at all.
-        alone = [policy_logps(model, collate_pairs([p], [r], [g], pad_id=pad_id(tok))) for p, r, g in
-                 zip(prompts, real, generated, strict=True)]
+        alone = [
+            policy_logps(model, collate_pairs([p], [r], [g], pad_id=pad_id(tok)))
+            for p, r, g in zip(prompts, real, generated, strict=True)
+        ]
     assert torch.allclose(right[0], left[0], atol=1e-4) and torch.allclose(right[1], left[1], atol=1e-4)
     assert torch.allclose(right[0], torch.cat([a[0] for a in alone]), atol=1e-4)
 
@@ -39,8 +41,9 @@ def test_first_step_is_ln2_and_training_separates_real_from_generated(tiny_model
     model = load_causal_lm(tiny_model_dir)
     with torch.no_grad():
         ref_real, ref_gen, _ = policy_logps(model.eval(), collate_pairs(prompts, real, generated, pad_id=pad_id(tok)))
-    batch = collate_pairs(prompts, real, generated, pad_id=pad_id(tok), ref_logps_real=ref_real,
-                          ref_logps_generated=ref_gen)
+    batch = collate_pairs(
+        prompts, real, generated, pad_id=pad_id(tok), ref_logps_real=ref_real, ref_logps_generated=ref_gen
+    )
     model.train()
     optimizer = make_optimizer(model.parameters(), "adamw", lr=3e-3, weight_decay=0.0)
     history = []
@@ -63,5 +66,10 @@ def test_missing_reference_log_probs_are_refused(tiny_model_dir, pairs):
     tok, prompts, real, generated = pairs
     model = load_causal_lm(tiny_model_dir)
     with pytest.raises(ValueError, match="run the score stage first"):
-        spin_forward(model, collate_pairs(prompts, real, generated, pad_id=pad_id(tok)), beta=0.1,
-                     loss_type="sigmoid", loss_scale=1.0)
+        spin_forward(
+            model,
+            collate_pairs(prompts, real, generated, pad_id=pad_id(tok)),
+            beta=0.1,
+            loss_type="sigmoid",
+            loss_scale=1.0,
+        )

@@ -1,0 +1,29 @@
+"""A real local Ray cluster (127.0.0.1 only) shared by the integration tests."""
+
+import pytest
+
+from cluster.runtime import connect
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+    from ray import serve
+
+    resources = connect(num_cpus=4, object_store_memory=512 * 2**20)
+    yield resources
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sft_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model after a short SFT on arithmetic problems: it answers in the task's format, so greedy
+    outputs are varied text rather than one repeated token."""
+    from jobs.arithmetic import make_problems
+    from jobs.sft import sft
+
+    examples = [([{"role": "user", "content": p.question}], p.solution) for p in make_problems(1000, seed=11)]
+    out = tmp_path_factory.mktemp("sft") / "model"
+    sft(tiny_model_dir, out, examples, steps=200, batch_size=32, learning_rate=2e-3)
+    return str(out)

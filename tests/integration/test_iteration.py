@@ -1,0 +1,207 @@
+"""One SPIN iteration end to end on real parts: local Ray, Ray Data, a Serve deployment running vLLM on the
+CPU, Ray Train with two FSDP2 workers, and the checkpoint loaded back by transformers and by vLLM."""
+
+import math
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.arithmetic import make_problems, write_jsonl
+from jobs.chat import encode_prompt, pad_id
+from jobs.config import SpinConfig
+from jobs.modeling import load_causal_lm, load_tokenizer
+from jobs.sft_data import BadRowsError
+from jobs.spin.schedule import StepPlan
+from jobs.storage import RunStorage
+
+pytestmark = [pytest.mark.ray, pytest.mark.vllm]
+
+UNIQUE = 40
+BAD_LINES = ['{"prompt": "What is 2 + 2?"}', '{"prompt": "Q", "response": 4}', '{"prompt": "Q", "response": ""}']
+
+
+def tiny_config(tmp_path, model_dir, data_path, **data):
+    return SpinConfig.model_validate(
+        {
+            "name": "it-test",
+            "storage_uri": str(tmp_path / "storage"),
+            "model": {"path": model_dir, "dtype": "float32"},
+            "data": {"path": str(data_path), **data},
+            "sampling": {"max_new_tokens": 24},
+            "generator": {"kv_cache_memory_bytes": 64 * 2**20, "prompts_per_request": 8},
+            "train": {
+                "num_workers": 2,
+                "use_gpu": False,
+                "precision": "fp32",
+                "cpus_per_worker": 1,
+                "micro_batch_size": 4,
+                "global_batch_size": 8,
+                "learning_rate": 5e-4,
+                "beta": 0.5,
+                "optimizer": "adamw",
+                "max_prompt_length": 64,
+                "max_length": 128,
+                "epochs": 4,
+                "checkpoint_every_steps": 4,
+            },
+            "prompts_per_iteration": 64,
+            "iterations": [{}],
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """40 unique prompts over a JSONL and a Parquet file; 6 rows repeat earlier prompts; 3 rows are unusable."""
+    root = tmp_path_factory.mktemp("data")
+    problems = make_problems(UNIQUE, seed=21)
+    write_jsonl(problems[:30], root / "a.jsonl")
+    with (root / "a.jsonl").open("a") as f:
+        f.write("\n".join(BAD_LINES) + "\n")
+    rows = [p.as_row() for p in problems[30:] + problems[:6]]
+    pq.write_table(pa.Table.from_pylist([{**r, "messages": r["messages"]} for r in rows]), root / "b.parquet")
+    return root, problems
+
+
+@pytest.fixture(scope="module")
+def iteration(ray_cluster, sft_model_dir, dataset, tmp_path_factory):
+    from jobs.iteration import run_iteration
+
+    root, problems = dataset
+    cfg = tiny_config(tmp_path_factory.mktemp("run"), sft_model_dir, root, bad_rows="skip")
+    return cfg, run_iteration(cfg, 0), problems
+
+
+def read_pairs(cfg):
+    storage = RunStorage(cfg.storage_uri)
+    return pq.read_table(storage.iteration_path(0, "pairs")).to_pylist()
+
+
+def test_one_pair_per_unique_prompt(iteration):
+    cfg, metrics, problems = iteration
+    pairs = read_pairs(cfg)
+    assert len(pairs) == UNIQUE
+    assert sorted(p["prompt_id"] for p in pairs) == sorted(p.prompt_id for p in problems)
+    gen = metrics["generate"]
+    assert (gen["prompts"], gen["unique_prompts"], gen["duplicate_rows"], gen["bad_rows"]) == (UNIQUE, UNIQUE, 6, 3)
+    assert "a.jsonl line 31: 'response' is missing" in gen["bad_row_examples"][0]
+
+
+def test_pairs_use_one_chat_template_and_the_generators_tokens(iteration, sft_model_dir):
+    cfg, _, problems = iteration
+    tok = load_tokenizer(sft_model_dir)
+    by_id = {p.prompt_id: p for p in problems}
+    for pair in read_pairs(cfg):
+        problem = by_id[pair["prompt_id"]]
+        assert pair["prompt_ids"] == encode_prompt(tok, [{"role": "user", "content": problem.question}])
+        assert pair["prompt"] == tok.decode(pair["prompt_ids"]) and pair["real"] == problem.solution
+        assert pair["model_version"] == 0 and pair["finish_reason"] in ("stop", "length")
+        if pair["finish_reason"] == "stop":
+            assert pair["generated_ids"][-1] == tok.eos_token_id
+            assert tok.decode(pair["generated_ids"][:-1]) == pair["generated"]
+        assert pair["generated_tokens"] == len(pair["generated_ids"]) <= 24 + 1
+        assert math.isfinite(pair["ref_logp_real"]) and pair["ref_logp_real"] < 0
+
+
+def test_first_step_is_exact_and_the_loss_falls(iteration):
+    cfg, metrics, _ = iteration
+    history = metrics["train"]["history"]
+    plan = StepPlan(UNIQUE, 2, 4, cfg.train.accumulation_steps, 4)
+    assert len(history) == plan.total_steps == 20
+    first = history[0]
+    assert abs(first["margin"]) < 1e-3
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert first["rewards/accuracies"] <= 0.5
+    # Per step the loss is noisy (each step sees other pairs); over epochs of the same pairs it must fall.
+    epoch_mean = [sum(h["loss"] for h in history if h["epoch"] == e) / 5 for e in range(4)]
+    assert epoch_mean[-1] < epoch_mean[0] - 0.15, [round(h["loss"], 4) for h in history]
+    last_epoch = [h for h in history if h["epoch"] == 3]
+    assert sum(h["rewards/accuracies"] for h in last_epoch) / 5 > 0.6
+    assert set(metrics["stage_seconds"]) == {"generate", "score", "train"}
+
+
+def test_checkpoint_loads_in_transformers_and_vllm_with_the_same_greedy_tokens(iteration):
+    import torch
+
+    from cluster.runtime import vllm_env
+
+    cfg, metrics, problems = iteration
+    model_dir = metrics["model_out"]
+    assert RunStorage(cfg.storage_uri).is_complete(model_dir)
+    assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja"} <= set(os.listdir(model_dir))
+    tok = load_tokenizer(model_dir)
+    model = load_causal_lm(model_dir).eval()
+    prompts = [encode_prompt(tok, [{"role": "user", "content": p.question}]) for p in problems[:8]]
+    hf = []
+    with torch.no_grad():
+        for ids in prompts:
+            out = model.generate(
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=16,
+                do_sample=False,
+                pad_token_id=pad_id(tok),
+            )
+            hf.append(out[0, len(ids) :].tolist())
+
+    os.environ.update(vllm_env(use_gpu=False))
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    llm = LLM(
+        model=model_dir,
+        dtype="float32",
+        max_model_len=128,
+        enforce_eager=True,
+        seed=0,
+        kv_cache_memory_bytes=64 * 2**20,
+    )
+    outs = llm.generate(
+        [TokensPrompt(prompt_token_ids=p) for p in prompts],
+        SamplingParams(temperature=0.0, max_tokens=16),
+        use_tqdm=False,
+    )
+    vl = [list(o.outputs[0].token_ids) for o in outs]
+    del llm
+    # transformers keeps the EOS it stopped on and so does vLLM; both stop at the first EOS.
+    assert vl == [h[: len(v)] for h, v in zip(hf, vl, strict=True)] and all(len(v) for v in vl)
+    assert len({tuple(v) for v in vl}) > 1, "greedy outputs are all identical: the check would be vacuous"
+
+
+def test_bad_rows_fail_by_default_naming_them_and_nothing_is_written(ray_cluster, sft_model_dir, dataset, tmp_path):
+    from jobs.context import IterationContext
+    from jobs.generate import run_generate
+    from jobs.progress import Progress
+
+    root, _ = dataset
+    cfg = tiny_config(tmp_path, sft_model_dir, root)
+    with pytest.raises(BadRowsError) as e, Progress().stage("generate") as stage:
+        run_generate(IterationContext.create(cfg, 0), stage)
+    text = str(e.value)
+    assert "3 SFT row(s) cannot be used" in text
+    for line, reason in [
+        (31, "'response' is missing"),
+        (32, "'response' must be a string, got int"),
+        (33, "'response' is empty"),
+    ]:
+        assert f"a.jsonl line {line}: {reason}" in text
+    assert not (tmp_path / "storage").exists() or not any((tmp_path / "storage").rglob("*"))
+
+
+def test_a_failing_write_leaves_nothing_behind(ray_cluster, tmp_path):
+    import ray.data
+
+    from jobs.datasets import write_records
+
+    def explode(batch):
+        if batch["id"].max() >= 60:
+            raise ValueError("disk on fire")
+        return batch
+
+    storage = RunStorage(str(tmp_path))
+    ds = ray.data.range(100, override_num_blocks=10).map_batches(explode, batch_size=10)
+    with pytest.raises(Exception, match="disk on fire"):
+        write_records(ds, storage, storage.iteration_path(0, "pairs"), pa.schema([("id", pa.int64())]))
+    assert list((tmp_path / "iter_0").iterdir()) == []
