@@ -11,10 +11,10 @@ configs/config.yaml) unless a comment says why not.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 LossType = Literal["sigmoid", "hinge", "ipo"]  # mirrors jobs.spin.loss.LossType, which needs torch
 
@@ -23,13 +23,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _absolute(uri: str) -> str:
+    # Ray's workers run in other folders: a relative path means the loading process's working folder.
+    return uri if "://" in uri else str(Path(uri).expanduser().absolute())
+
+
+Location = Annotated[str, AfterValidator(_absolute)]
+
+
 class ModelConfig(_Strict):
-    path: str = Field(description="Hugging Face checkpoint directory of the SFT model (iteration 0's reference).")
+    path: Location = Field(description="Hugging Face checkpoint folder of the SFT model (iteration 0's reference).")
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
 
 
 class DataConfig(_Strict):
-    path: str | None = Field(None, description="JSONL or Parquet file, directory or pyarrow.fs URI (s3://...).")
+    path: Location | None = Field(None, description="JSONL or Parquet file, folder or pyarrow.fs URI (s3://...).")
     source: Literal["file", "chatterbot"] = Field(
         "file", description="`chatterbot` reads the English chatterbot-corpus package instead of `path`."
     )
@@ -165,7 +173,7 @@ _PAPER_SCHEDULE = [
 
 class SpinConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    storage_uri: str = Field(description="Where iter_<k>/ folders go: a local path or a pyarrow.fs URI.")
+    storage_uri: Location = Field(description="Where iter_<k>/ folders go: a local path or a pyarrow.fs URI.")
     model: ModelConfig
     data: DataConfig
     sampling: SamplingConfig = SamplingConfig()

@@ -173,6 +173,7 @@ def run_generate(ctx: IterationContext, stage: Stage) -> dict[str, Any]:
     """Sample the iteration's prompts and write one generation record per prompt."""
     cfg, storage, path = ctx.cfg, ctx.storage, ctx.path("generations")
     if storage.is_complete(path):
+        stage.already_done()
         return storage.marker(path)
     rows = read_sft(cfg.data)
     usable, bad = index_rows(rows, cfg.data.bad_rows)

@@ -34,7 +34,8 @@ def run_iteration(cfg: SpinConfig, k: int, progress: Progress | None = None) -> 
         logger.info("iteration %d is already complete", k)
         return dict(ctx.storage.read_json(metrics_path))
     progress = progress or Progress()
-    progress.sinks.append(StatusSink(ctx.storage, k))
+    status = StatusSink(ctx.storage, k)
+    progress.sinks.append(status)
     pad = pad_id(load_tokenizer(ctx.model_dir))
 
     with progress.stage("generate") as stage:
@@ -50,7 +51,7 @@ def run_iteration(cfg: SpinConfig, k: int, progress: Progress | None = None) -> 
         "settings": ctx.iteration.model_dump(),
         "model_in": ctx.model_uri,
         "model_out": ctx.storage.uri_of(ctx.path("model")),
-        "stage_seconds": dict(progress.seconds),
+        "stage_seconds": dict(status.status["stage_seconds"]),
         "generate": generation,
         "score": scoring,
         "train": training,

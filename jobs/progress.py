@@ -17,13 +17,18 @@ logger = logging.getLogger("spin")
 class Sink(Protocol):
     def start(self, stage: str, total: int | None) -> None: ...
     def update(self, stage: str, completed: int, total: int | None, info: dict[str, Any]) -> None: ...
-    def end(self, stage: str, seconds: float, error: str | None) -> None: ...
+    def end(self, stage: str, seconds: float | None, error: str | None) -> None: ...
 
 
 class Stage:
     def __init__(self, progress: Progress, name: str, total: int | None):
         self.progress, self.name, self.total = progress, name, total
         self.completed = 0
+        self.done_before = False
+
+    def already_done(self) -> None:
+        """The stage's output exists from an earlier attempt: nothing is redone, its time is not re-measured."""
+        self.done_before = True
 
     def update(self, completed: int, total: int | None = None, **info: Any) -> None:
         self.completed = completed
@@ -45,15 +50,18 @@ class Progress:
             sink.start(name, total)
         start = time.perf_counter()
         error = None
+        stage = Stage(self, name, total)
         try:
-            yield Stage(self, name, total)
+            yield stage
         except BaseException as e:
             error = f"{type(e).__name__}: {e}"
             raise
         finally:
-            self.seconds[name] = round(time.perf_counter() - start, 3)
+            seconds = None if stage.done_before else round(time.perf_counter() - start, 3)
+            if seconds is not None:
+                self.seconds[name] = seconds
             for sink in self.sinks:
-                sink.end(name, self.seconds[name], error)
+                sink.end(name, seconds, error)
 
 
 class LogSink:
@@ -72,8 +80,10 @@ class LogSink:
             self._last = now
             logger.info("progress", extra={"stage": stage, "completed": completed, "total": total, **info})
 
-    def end(self, stage: str, seconds: float, error: str | None) -> None:
-        logger.info("stage ended", extra={"stage": stage, "seconds": seconds, "error": error})
+    def end(self, stage: str, seconds: float | None, error: str | None) -> None:
+        logger.info(
+            "stage ended", extra={"stage": stage, "seconds": seconds, "done_before": seconds is None, "error": error}
+        )
 
 
 class StatusSink:
@@ -82,6 +92,8 @@ class StatusSink:
     def __init__(self, storage: RunStorage, iteration: int, every_s: float = 2.0):
         self.storage, self.path, self.every_s = storage, storage.iteration_path(iteration, "status.json"), every_s
         self.status: dict[str, Any] = {"iteration": iteration, "stage": None, "stage_seconds": {}}
+        if storage.exists(self.path):  # an earlier attempt: keep the times of the stages it finished
+            self.status["stage_seconds"] = dict(storage.read_json(self.path).get("stage_seconds", {}))
         self._last = 0.0
 
     def _write(self, force: bool = False) -> None:
@@ -99,8 +111,9 @@ class StatusSink:
         self.status.update(completed=completed, total=total, info=info)
         self._write(force=completed == total)
 
-    def end(self, stage: str, seconds: float, error: str | None) -> None:
-        self.status["stage_seconds"][stage] = seconds
+    def end(self, stage: str, seconds: float | None, error: str | None) -> None:
+        if seconds is not None:
+            self.status["stage_seconds"][stage] = seconds
         self.status["error"] = error
         self._write(force=True)
 
@@ -132,9 +145,11 @@ class RichSink:
         text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items())
         self.bars.update(self.tasks[stage], completed=completed, total=total, info=text)
 
-    def end(self, stage: str, seconds: float, error: str | None) -> None:
+    def end(self, stage: str, seconds: float | None, error: str | None) -> None:
         task = self.tasks[stage]
-        if error is None:
+        if seconds is None and error is None:
+            self.bars.update(task, total=1, completed=1, info="done in an earlier attempt")
+        elif error is None:
             total = self.bars.tasks[task].total
             self.bars.update(task, completed=total if total is not None else self.bars.tasks[task].completed)
         else:

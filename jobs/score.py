@@ -76,6 +76,7 @@ def run_score(ctx: IterationContext, stage: Stage, pad_id: int) -> dict[str, Any
     """Add the reference log-probs to every generation record, giving the iteration's pair records."""
     storage, path, source = ctx.storage, ctx.path("pairs"), ctx.path("generations")
     if storage.is_complete(path):
+        stage.already_done()
         return storage.marker(path)
     total = storage.marker(source)["rows"]
     stage.update(0, total)

