@@ -115,3 +115,67 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     # Ray Data warns on every dataset that the progress bars we turned off are off.
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
+def start_head(
+    *,
+    num_cpus: float | None = None,
+    object_store_memory: int | None = None,
+    port: int = 6379,
+    dashboard_port: int = 8265,
+    timeout_s: float = 120.0,
+) -> str:
+    """Start a local Ray head (GCS, dashboard with the Jobs API, all on 127.0.0.1) unless one answers on
+    `dashboard_port`; returns the dashboard URL. Jobs submitted there run with this interpreter."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    url = f"http://127.0.0.1:{dashboard_port}"
+
+    def answering() -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/api/version", timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    if answering():
+        return url
+    env = {**os.environ, **apply_env(local=True)}
+    # Jobs call `python`: make it this environment's interpreter.
+    env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}"
+    ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
+    command = [
+        ray_cli,
+        "start",
+        "--head",
+        f"--port={port}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard_port}",
+        "--disable-usage-stats",
+    ]
+    if num_cpus is not None:
+        command.append(f"--num-cpus={int(num_cpus)}")
+    if object_store_memory is not None:
+        command.append(f"--object-store-memory={object_store_memory}")
+    subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    deadline = time.monotonic() + timeout_s
+    while not answering():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the Ray dashboard did not answer on {url} within {timeout_s:.0f}s")
+        time.sleep(0.5)
+    return url
+
+
+def stop_head() -> None:
+    """Stop the Ray processes started on this machine (`ray stop`)."""
+    import shutil
+    import subprocess
+    import sys
+
+    ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
+    subprocess.run([ray_cli, "stop", "--force"], check=False, capture_output=True)

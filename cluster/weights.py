@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
-from services.generator.app import APP_NAME, DEPLOYMENT_NAME, build_generator_app
+from services.generator.app import DEPLOYMENT_NAME, build_generator_app
 from services.generator.schemas import GeneratorArgs, GeneratorInfo, WeightsUpdate
 
 logger = logging.getLogger("spin")
@@ -29,47 +30,60 @@ def start_serve() -> None:
     serve.start(proxy_location=ProxyLocation.Disabled, logging_config=QUIET_LOGS)
 
 
-def generator_info(timeout_s: float = 60.0) -> GeneratorInfo | None:
-    """What the running generator serves, or None when the application is not running."""
+def generator_handle(app_name: str) -> Any:
     from ray import serve
 
-    if APP_NAME not in serve.status().applications:
+    return serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=app_name)
+
+
+def generator_info(app_name: str, timeout_s: float = 60.0) -> GeneratorInfo | None:
+    """What the application's generator serves, or None when the application is not running."""
+    from ray import serve
+
+    if app_name not in serve.status().applications:
         return None
-    handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=APP_NAME)
-    return handle.info.remote().result(timeout_s=timeout_s)
+    info: GeneratorInfo = generator_handle(app_name).info.remote().result(timeout_s=timeout_s)
+    return info
 
 
-def serve_model(args: GeneratorArgs, model_dir: str, version: int, timeout_s: float = 900.0) -> float:
-    """Make the generator serve `model_dir` as `version`; returns the seconds it took."""
+def serve_model(args: GeneratorArgs, app_name: str, model_dir: str, version: int, timeout_s: float = 900.0) -> float:
+    """Make the generator application `app_name` serve `model_dir` as `version`; returns the seconds it took."""
     from ray import serve
 
     start = time.perf_counter()
     start_serve()
-    current = generator_info()
+    current = generator_info(app_name)
     if current is None:
         app = build_generator_app(args.model_copy(update={"model_path": model_dir, "model_version": version}))
-        serve.run(app, name=APP_NAME, route_prefix=None, logging_config=QUIET_LOGS)
+        serve.run(app, name=app_name, route_prefix=None, logging_config=QUIET_LOGS)
     elif (current.model_path, current.model_version) != (model_dir, version):
-        handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=APP_NAME)
-        deployed: GeneratorArgs = handle.args.remote().result(timeout_s=60)
+        deployed: GeneratorArgs = generator_handle(app_name).args.remote().result(timeout_s=60)
         update = WeightsUpdate(model_path=model_dir, model_version=version)
-        serve.run(build_generator_app(deployed, update), name=APP_NAME, route_prefix=None, logging_config=QUIET_LOGS)
-    _wait_for(model_dir, version, timeout_s)
+        serve.run(build_generator_app(deployed, update), name=app_name, route_prefix=None, logging_config=QUIET_LOGS)
+    _wait_for(app_name, model_dir, version, timeout_s)
     seconds = time.perf_counter() - start
     logger.info("generator serves version %d from %s (%.1fs)", version, model_dir, seconds)
     return seconds
 
 
-def _wait_for(model_dir: str, version: int, timeout_s: float) -> None:
+def stop_serving(app_name: str) -> None:
+    """Delete the generator application, freeing its CPUs or GPUs."""
+    from ray import serve
+
+    if app_name in serve.status().applications:
+        serve.delete(app_name)
+
+
+def _wait_for(app_name: str, model_dir: str, version: int, timeout_s: float) -> None:
     from ray import serve
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        app = serve.status().applications.get(APP_NAME)
+        app = serve.status().applications.get(app_name)
         if app is not None and app.status == "DEPLOY_FAILED":
             raise RuntimeError(f"the generator failed to deploy: {app.message}")
         if app is not None and app.status == "RUNNING":
-            info = generator_info()
+            info = generator_info(app_name)
             if info is not None and (info.model_path, info.model_version) == (model_dir, version):
                 return
         time.sleep(1.0)

@@ -15,7 +15,7 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SPIN self-play fine-tuning on Ray.")
 
-ConfigArg = Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A SPIN config YAML file.")]
+ConfigArg = Annotated[str, typer.Argument(help="A SPIN config YAML: a local file or a pyarrow.fs URI.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config field: section.field=value.")]
 
 
@@ -44,8 +44,9 @@ def run(
 
     from cluster.runtime import apply_env
     from jobs.config import SpinConfig
+    from jobs.storage import read_text
 
-    cfg = SpinConfig.from_yaml(config, set_)
+    cfg = SpinConfig.from_yaml_text(read_text(config), set_, source=config)
     apply_env(local=not (os.environ.get("RAY_ADDRESS") or cfg.ray.address))
     from cluster.runtime import connect
     from jobs.iteration import run_iteration

@@ -208,10 +208,13 @@ class SpinConfig(_Strict):
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> SpinConfig:
-        text = Path(path).read_text()
+        return cls.from_yaml_text(Path(path).read_text(), overrides, source=str(path))
+
+    @classmethod
+    def from_yaml_text(cls, text: str, overrides: list[str] | None = None, source: str = "config") -> SpinConfig:
         data = yaml.safe_load(text) or {}
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+            raise ValueError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
         return cls.model_validate(apply_overrides(data, overrides or []))
 
     def to_yaml(self) -> str:

@@ -7,6 +7,7 @@ SFT rows ─ keep sampled rows ─ GeneratorCaller actors ──(Serve handle)�
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -15,6 +16,7 @@ import ray.data
 
 from cluster.weights import serve_model
 from jobs.chat import encode_prompt, encode_response
+from jobs.config import SpinConfig
 from jobs.context import IterationContext
 from jobs.datasets import index_rows, keep_rows, read_sft, write_records
 from jobs.modeling import load_tokenizer
@@ -28,7 +30,8 @@ from jobs.spin import (
     truncate_prompt,
     truncate_response,
 )
-from services.generator.app import APP_NAME, DEPLOYMENT_NAME
+from jobs.storage import local_copy
+from services.generator.app import DEPLOYMENT_NAME
 from services.generator.schemas import GenerateRequest, GeneratorArgs
 
 CALLER_CPUS = 0.25  # the callers only tokenize and wait on the deployment
@@ -52,7 +55,7 @@ class GeneratorCaller:
     ):
         from ray import serve
 
-        self.tokenizer = load_tokenizer(tokenizer_path)
+        self.tokenizer = load_tokenizer(local_copy(tokenizer_path))
         self.handle = serve.get_deployment_handle(deployment_name, app_name=app_name)
         self.iteration = iteration
         self.model_version = model_version
@@ -150,10 +153,15 @@ def generation_dataset(
     )
 
 
+def generator_app_name(cfg: SpinConfig) -> str:
+    """Each run has its own generator application, so runs on one cluster never sample from each other's model."""
+    return f"spin-generator-{cfg.name}-{hashlib.sha1(cfg.storage_uri.encode()).hexdigest()[:6]}"
+
+
 def generator_args(ctx: IterationContext) -> GeneratorArgs:
     cfg, g = ctx.cfg, ctx.cfg.generator
     return GeneratorArgs(
-        model_path=ctx.model_dir,
+        model_path=ctx.model_uri,
         model_version=ctx.k,
         dtype=ctx.compute_dtype,
         max_model_len=cfg.train.max_length,
@@ -183,11 +191,12 @@ def run_generate(ctx: IterationContext, stage: Stage) -> dict[str, Any]:
     if not selection.train:
         raise ValueError(f"no usable SFT rows in {cfg.data.path or cfg.data.source} ({len(bad)} unusable)")
     stage.update(0, len(selection.train))
-    serve_model(generator_args(ctx), ctx.model_dir, ctx.k)
+    app_name = generator_app_name(cfg)
+    serve_model(generator_args(ctx), app_name, ctx.model_uri, ctx.k)
     generations = generation_dataset(
         keep_rows(rows, selection.train),
-        tokenizer_path=ctx.model_dir,
-        app_name=APP_NAME,
+        tokenizer_path=ctx.model_uri,
+        app_name=app_name,
         deployment_name=DEPLOYMENT_NAME,
         iteration=ctx.k,
         model_version=ctx.k,

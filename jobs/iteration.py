@@ -3,6 +3,7 @@
     generate  the generator (model k) answers a seeded sample of SFT prompts       → iter_k/generations/
     score     model k's log-probs of the real and generated answers (reference)   → iter_k/pairs/
     train     Ray Train FSDP2 workers minimise the SPIN loss, publishing model k+1 → iter_k/model/
+    publish   the generator moves to model k+1 without a restart
     record    what was measured                                                    → iter_k/metrics.json
 
 Each stage's output is committed atomically and skipped when already complete, so a re-run resumes where
@@ -14,10 +15,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from cluster.weights import serve_model
 from jobs.chat import pad_id
 from jobs.config import SpinConfig
 from jobs.context import IterationContext
-from jobs.generate import run_generate
+from jobs.generate import generator_app_name, generator_args, run_generate
 from jobs.modeling import load_tokenizer
 from jobs.progress import Progress, StatusSink
 from jobs.score import run_score
@@ -44,6 +46,10 @@ def run_iteration(cfg: SpinConfig, k: int, progress: Progress | None = None) -> 
         scoring = run_score(ctx, stage, pad)
     with progress.stage("train") as stage:
         training = run_train(ctx, stage, pad)
+    with progress.stage("publish", total=1) as stage:
+        # The generator moves to model k+1 in place: the next iteration samples from it.
+        serve_model(generator_args(ctx), generator_app_name(cfg), ctx.storage.uri_of(ctx.path("model")), k + 1)
+        stage.update(1)
 
     metrics = {
         "iteration": k,

@@ -18,6 +18,7 @@ from jobs.datasets import read_records, write_records
 from jobs.progress import Stage
 from jobs.records import PAIR_SCHEMA
 from jobs.spin import collate_pairs
+from jobs.storage import local_copy
 from jobs.train_step import policy_logps
 
 
@@ -28,7 +29,7 @@ class ReferenceScorer:
         from jobs.modeling import load_causal_lm
 
         self.device = torch.device("cuda" if use_gpu else "cpu")
-        self.model = load_causal_lm(model_path, dtype, self.device).eval()
+        self.model = load_causal_lm(local_copy(model_path), dtype, self.device).eval()
         self.pad_id = pad_id
         self.micro_batch_size = micro_batch_size
 
@@ -83,7 +84,7 @@ def run_score(ctx: IterationContext, stage: Stage, pad_id: int) -> dict[str, Any
     t = ctx.cfg.train
     pairs = scored_dataset(
         read_records(storage, [source]),
-        model_path=ctx.model_dir,
+        model_path=ctx.model_uri,
         dtype=ctx.compute_dtype,
         pad_id=pad_id,
         micro_batch_size=t.micro_batch_size,

@@ -106,6 +106,10 @@ class RunStorage:
         else:
             self._write_bytes(path, data)
 
+    def write_text(self, path: str, text: str) -> None:
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        self._write_bytes(path, text.encode())
+
     def read_json(self, path: str) -> Any:
         with self.fs.open_input_stream(path) as f:
             return json.loads(f.read().decode())
@@ -141,3 +145,10 @@ def local_copy(uri: str, cache_root: str | None = None) -> str:
     except OSError:  # another process finished the same download first
         shutil.rmtree(staging, ignore_errors=True)
     return str(target)
+
+
+def read_text(uri: str) -> str:
+    """The text of a local file or of any pyarrow.fs URI."""
+    fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).absolute()))
+    with fs.open_input_stream(path) as f:
+        return bytes(f.read()).decode()

@@ -5,7 +5,7 @@
 or, in a Serve config / RayService `serveConfigV2`:
 
     applications:
-      - name: spin-generator
+      - name: spin-generator-myrun
         import_path: services.generator.app:build_generator_app
         args: {model_path: /models/sft, dtype: bfloat16, tensor_parallel_size: 1}
 """
@@ -17,7 +17,6 @@ from ray.serve import Application
 from cluster.runtime import vllm_env
 from services.generator.schemas import GeneratorArgs, WeightsUpdate
 
-APP_NAME = "spin-generator"
 DEPLOYMENT_NAME = "SpinGenerator"
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from ray import serve
 
+from jobs.storage import local_copy
 from services.generator.schemas import (
     Completion,
     GenerateRequest,
@@ -51,7 +52,7 @@ class SpinGenerator:
         self._args = GeneratorArgs.model_validate(args)
         self._model_path = self._args.model_path
         self._version = self._args.model_version
-        self._engine = self._start_engine(self._model_path)
+        self._engine = self._start_engine(local_copy(self._model_path))
         # Requests in flight, and whether a weight move is under way: a move waits for the requests to
         # drain and new requests wait for the move, so each response comes from exactly one version.
         self._gate = asyncio.Condition()
@@ -142,7 +143,8 @@ class SpinGenerator:
             self._moving = True
             await self._gate.wait_for(lambda: self._in_flight == 0)
         try:
-            await self._engine.collective_rpc("reload_weights", kwargs={"weights_path": update.model_path})
+            local = await asyncio.to_thread(local_copy, update.model_path)
+            await self._engine.collective_rpc("reload_weights", kwargs={"weights_path": local})
             await self._engine.collective_rpc(refresh_post_load)
             await self._engine.reset_prefix_cache()
             self._model_path, self._version = update.model_path, update.model_version

@@ -14,7 +14,7 @@ class _Strict(BaseModel):
 class GeneratorArgs(_Strict):
     """Arguments of `build_generator_app`, from Python, a Serve config file or the control plane."""
 
-    model_path: str = Field(description="Local folder of a Hugging Face checkpoint (a cached copy for remote runs).")
+    model_path: str = Field(description="Hugging Face checkpoint: a local folder or a pyarrow.fs URI (copied locally).")
     model_version: int = Field(0, ge=0, description="Iteration whose model this is; 0 is the SFT model.")
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     max_model_len: int = Field(1024, ge=8)

@@ -1,0 +1,55 @@
+"""Dependencies shared by the routes: the database session, the launcher, and the token check."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from services.control_plane.errors import ControlPlaneError, Forbidden
+from services.control_plane.launcher import RayJobLauncher
+from services.control_plane.settings import Settings
+
+
+class Unauthorized(ControlPlaneError):
+    status_code = 401
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.sessions.begin() as session:
+        yield session
+
+
+def get_launcher(request: Request) -> RayJobLauncher:
+    return request.app.state.launcher  # type: ignore[no-any-return]
+
+
+_bearer = HTTPBearer(auto_error=False, description="The control plane's API token (SPIN_API_TOKEN).")
+
+
+def require_token(
+    settings: Annotated[Settings, Depends(get_settings)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Mutating requests carry `Authorization: Bearer <token>`, compared in constant time."""
+    if settings.api_token is None:
+        raise Forbidden("this server has no API token configured (SPIN_API_TOKEN), so it accepts no changes")
+    if credentials is None:
+        raise Unauthorized("missing bearer token")
+    expected = settings.api_token.get_secret_value().encode()
+    if not hmac.compare_digest(credentials.credentials.encode(), expected):
+        raise Unauthorized("invalid bearer token")
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+LauncherDep = Annotated[RayJobLauncher, Depends(get_launcher)]
+TokenDep = Depends(require_token)

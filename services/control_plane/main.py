@@ -1,0 +1,112 @@
+"""The control plane's FastAPI application.
+
+app = create_app(Settings())     # no side effects at import; the reconciler starts with the app
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+
+from services.control_plane import errors
+from services.control_plane.db import make_engine, make_sessionmaker
+from services.control_plane.launcher import RayJobLauncher
+from services.control_plane.reconciler import Reconciler
+from services.control_plane.routes import health, runs
+from services.control_plane.settings import Settings
+
+logger = logging.getLogger("spin.control_plane")
+
+
+class BodyLimit:
+    """Refuse request bodies over `max_bytes` with 413, whether or not they declare a length."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(send)
+            return
+        seen = 0
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal seen
+            message: dict[str, Any] = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Any) -> None:
+        body = b'{"detail":"request body too large"}'
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> FastAPI:
+    settings = settings or Settings()
+    engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    launcher = RayJobLauncher(settings.ray_dashboard_url, settings.job_python, settings.job_num_cpus)
+    reconciler = Reconciler(sessions, launcher, settings.job_retries)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_reconcile_forever(reconciler, settings.poll_interval_s)) if reconcile else None
+        try:
+            yield
+        finally:
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            engine.dispose()
+
+    app = FastAPI(
+        title="SPIN control plane",
+        version="0.1.0",
+        description="Start and track SPIN self-play fine-tuning runs on Ray.",
+        lifespan=lifespan,
+    )
+    app.state.settings, app.state.sessions, app.state.launcher = settings, sessions, launcher
+    app.state.reconciler = reconciler
+    errors.register(app)
+    app.include_router(health.router)
+    app.include_router(runs.router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+async def _reconcile_forever(reconciler: Reconciler, interval_s: float) -> None:
+    # The first pass runs at start-up: records are brought in line with the jobs Ray knows before anything else.
+    while True:
+        try:
+            await asyncio.to_thread(reconciler.tick)
+        except Exception:
+            logger.exception("reconciliation pass failed")
+        await asyncio.sleep(interval_s)

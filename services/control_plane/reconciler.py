@@ -1,0 +1,115 @@
+"""Bringing the records in line with what Ray and the run's storage say, every few seconds.
+
+Each running run has at most one iteration in flight. Its job is submitted when it is next in line; its
+state follows the Ray job; its stage and progress follow iter_<k>/status.json; its metrics come from
+iter_<k>/metrics.json once the job succeeds, and then the next queued iteration is submitted. A failed job
+is resubmitted (it resumes from its checkpoints) up to `job_retries` times. Because job ids are
+deterministic and everything is re-read each pass, a restarted control plane simply carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from jobs.storage import RunStorage
+from services.control_plane.db import Iteration, IterationState, Run, RunState, utcnow
+from services.control_plane.errors import Unavailable
+from services.control_plane.launcher import RayJobLauncher, submission_id
+from services.control_plane.store import active_iterations, settle_run
+
+logger = logging.getLogger("spin.control_plane")
+
+CONFIG_FILE = "config.yaml"
+
+
+def config_uri(run: Run) -> str:
+    storage = RunStorage(run.storage_uri)
+    return storage.uri_of(storage.path(CONFIG_FILE))
+
+
+class Reconciler:
+    def __init__(self, sessions: sessionmaker[Session], launcher: RayJobLauncher, job_retries: int):
+        self.sessions = sessions
+        self.launcher = launcher
+        self.job_retries = job_retries
+
+    def tick(self) -> None:
+        with self.sessions.begin() as session:
+            for run in session.scalars(select(Run).where(Run.state == RunState.RUNNING)).all():
+                try:
+                    self.advance(run)
+                except Unavailable as e:
+                    logger.warning("cannot reach Ray", extra={"run": run.id, "error": e.message})
+
+    def advance(self, run: Run) -> None:
+        active = active_iterations(run)
+        if active:
+            it = active[0]
+            if it.state == IterationState.PENDING:
+                self._submit(run, it)
+            else:
+                self._follow(run, it)
+        settle_run(run)
+
+    def _submit(self, run: Run, it: Iteration) -> None:
+        it.attempts += 1
+        job_id = submission_id(run.id, it.index, it.attempts)
+        it.job_id = self.launcher.submit(
+            job_id, config_uri(run), it.index, {"spin_run": run.id, "spin_iteration": str(it.index)}
+        )
+        it.state, it.stage, it.progress = IterationState.SUBMITTED, None, None
+        logger.info("iteration submitted", extra={"run": run.id, "iteration": it.index, "job": it.job_id})
+
+    def _follow(self, run: Run, it: Iteration) -> None:
+        assert it.job_id is not None
+        status = self.launcher.status(it.job_id)
+        self._read_progress(run, it)
+        if status is None:
+            # Ray has no such job (a new cluster, say): submit it again; the iteration resumes from storage.
+            self._retry_or_fail(run, it, "the Ray cluster no longer knows this iteration's job")
+        elif status.status == "RUNNING":
+            if it.state != IterationState.RUNNING:
+                it.state, it.started_at = IterationState.RUNNING, it.started_at or utcnow()
+        elif status.status == "SUCCEEDED":
+            metrics = self._read_json(run, it.index, "metrics.json")
+            if metrics is None:
+                self._retry_or_fail(run, it, "the job succeeded but wrote no metrics.json")
+                return
+            it.metrics, it.state, it.stage, it.finished_at = metrics, IterationState.SUCCEEDED, None, utcnow()
+            logger.info("iteration succeeded", extra={"run": run.id, "iteration": it.index})
+        elif status.status == "FAILED":
+            detail = (status.message or "").strip()
+            tail = self.launcher.logs_tail(it.job_id, 15)
+            self._retry_or_fail(run, it, f"{detail}\n{tail}".strip())
+        elif status.status == "STOPPED":
+            it.state, it.finished_at = IterationState.CANCELLED, utcnow()
+
+    def _retry_or_fail(self, run: Run, it: Iteration, error: str) -> None:
+        it.error = error[-4000:]
+        if it.attempts <= self.job_retries:
+            logger.warning("iteration job failed; resubmitting", extra={"run": run.id, "iteration": it.index})
+            it.state = IterationState.PENDING
+            return
+        it.state, it.finished_at = IterationState.FAILED, utcnow()
+        run.error = f"iteration {it.index} failed: {error.splitlines()[0] if error else 'no message'}"
+        for later in active_iterations(run):
+            later.state, later.finished_at = IterationState.CANCELLED, utcnow()
+
+    def _read_progress(self, run: Run, it: Iteration) -> None:
+        status = self._read_json(run, it.index, "status.json")
+        if status:
+            it.stage = status.get("stage")
+            it.progress = {k: status.get(k) for k in ("completed", "total", "info", "stage_seconds", "updated_at")}
+
+    @staticmethod
+    def _read_json(run: Run, index: int, name: str) -> dict[str, Any] | None:
+        storage = RunStorage(run.storage_uri)
+        path = storage.iteration_path(index, name)
+        try:
+            return dict(storage.read_json(path)) if storage.exists(path) else None
+        except (OSError, ValueError):
+            return None  # being written, or unreadable for now

@@ -1,0 +1,88 @@
+"""/runs: create, list, get, launch, cancel and delete SPIN runs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+
+from jobs.config import SpinConfig
+from jobs.storage import RunStorage
+from services.control_plane import store
+from services.control_plane.confine import is_within
+from services.control_plane.deps import LauncherDep, SessionDep, SettingsDep, TokenDep
+from services.control_plane.errors import Forbidden
+from services.control_plane.reconciler import CONFIG_FILE
+from services.control_plane.schemas import IterationPublic, LaunchRequest, RunCreate, RunPublic, RunsPublic
+from services.control_plane.settings import Settings
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+
+def _check_locations(cfg: SpinConfig, settings: Settings) -> None:
+    if not is_within(cfg.storage_uri, settings.storage_roots):
+        raise Forbidden(f"storage_uri {cfg.storage_uri} is outside the allowed storage roots")
+    inputs = [("model.path", cfg.model.path)] + ([("data.path", cfg.data.path)] if cfg.data.path else [])
+    for field, location in inputs:
+        if not is_within(location, settings.data_roots):
+            raise Forbidden(f"{field} {location} is outside the allowed data roots")
+
+
+@router.post("", response_model=RunPublic, status_code=status.HTTP_201_CREATED, dependencies=[TokenDep])
+def create_run(body: RunCreate, session: SessionDep, settings: SettingsDep) -> RunPublic:
+    """Create a run from a validated config. Nothing runs until iterations are launched."""
+    _check_locations(body.config, settings)
+    run = store.create_run(session, body.config)
+    storage = RunStorage(body.config.storage_uri)
+    storage.write_text(storage.path(CONFIG_FILE), body.config.to_yaml())
+    return RunPublic.model_validate(run)
+
+
+@router.get("", response_model=RunsPublic)
+def list_runs(
+    session: SessionDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> RunsPublic:
+    runs, count = store.list_runs(session, offset, limit)
+    return RunsPublic(data=[RunPublic.model_validate(r) for r in runs], count=count)
+
+
+@router.get("/{run_id}", response_model=RunPublic)
+def get_run(run_id: str, session: SessionDep) -> RunPublic:
+    return RunPublic.model_validate(store.get_run(session, run_id))
+
+
+@router.get("/{run_id}/iterations", response_model=list[IterationPublic])
+def list_iterations(run_id: str, session: SessionDep) -> list[IterationPublic]:
+    return [IterationPublic.model_validate(it) for it in store.get_run(session, run_id).iterations]
+
+
+@router.get("/{run_id}/iterations/{index}", response_model=IterationPublic)
+def get_iteration(run_id: str, index: int, session: SessionDep) -> IterationPublic:
+    return IterationPublic.model_validate(store.get_iteration(store.get_run(session, run_id), index))
+
+
+@router.post("/{run_id}/launch", response_model=RunPublic, status_code=202, dependencies=[TokenDep])
+def launch(run_id: str, body: LaunchRequest, session: SessionDep) -> RunPublic:
+    """Queue the next `iterations` iterations; they run one after another as Ray Jobs."""
+    run = store.get_run(session, run_id)
+    store.launch(session, run, body.iterations)
+    return RunPublic.model_validate(run)
+
+
+@router.post("/{run_id}/cancel", response_model=RunPublic, dependencies=[TokenDep])
+def cancel(run_id: str, session: SessionDep, launcher: LauncherDep) -> RunPublic:
+    """Stop the running iteration's job and drop the queued ones."""
+    run = store.get_run(session, run_id)
+    for it in store.cancel(run):
+        assert it.job_id is not None
+        launcher.stop(it.job_id)
+    return RunPublic.model_validate(run)
+
+
+@router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[TokenDep])
+def delete_run(run_id: str, session: SessionDep) -> Response:
+    """Forget a run that is not running. Its storage (models, pairs, metrics) is kept."""
+    store.delete_run(session, store.get_run(session, run_id))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
