@@ -7,13 +7,17 @@ spin tiny-model OUT               write the offline tiny Llama model and tokeniz
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from services.control_plane.cli import runs, serve_control_plane
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="SPIN self-play fine-tuning on Ray.")
+app.add_typer(runs, name="runs")
 
 ConfigArg = Annotated[str, typer.Argument(help="A SPIN config YAML: a local file or a pyarrow.fs URI.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config field: section.field=value.")]
@@ -55,15 +59,44 @@ def run(
 
     setup_logging()
     connect(cfg.ray.address, num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory)
+    # `ray job stop` sends SIGTERM: unwind normally so the generator's resources are released.
+    signal.signal(signal.SIGTERM, _interrupt)
     todo = [iteration] if iteration is not None else list(range(cfg.num_iterations))
-    for k in todo:
-        sinks = [RichSink()] if sys.stderr.isatty() else [LogSink()]
-        try:
-            run_iteration(cfg, k, Progress(*sinks))
-        finally:
-            for sink in sinks:
-                if isinstance(sink, RichSink):
-                    sink.close()
+    finished = interrupted = False
+    try:
+        for k in todo:
+            sinks = [RichSink()] if sys.stderr.isatty() else [LogSink()]
+            try:
+                run_iteration(cfg, k, Progress(*sinks))
+            finally:
+                for sink in sinks:
+                    if isinstance(sink, RichSink):
+                        sink.close()
+        finished = todo[-1] == cfg.num_iterations - 1
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        if finished or interrupted:
+            from cluster.weights import stop_serving
+            from jobs.generate import generator_app_name
+
+            stop_serving(generator_app_name(cfg))
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@app.command()
+def server(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    local_ray: Annotated[bool, typer.Option(help="Start a local Ray head on 127.0.0.1 if none answers.")] = True,
+    num_cpus: Annotated[float | None, typer.Option(help="Logical CPUs of a local Ray head.")] = 4,
+) -> None:
+    """Run the control plane (REST API at /, OpenAPI at /docs)."""
+    serve_control_plane(host, port, local_ray, num_cpus)
 
 
 @app.command("tiny-model")

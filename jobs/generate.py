@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import ray.data
 
-from cluster.weights import serve_model
+from cluster.weights import generator_info, serve_model
 from jobs.chat import encode_prompt, encode_response
 from jobs.config import SpinConfig
 from jobs.context import IterationContext
@@ -193,6 +193,7 @@ def run_generate(ctx: IterationContext, stage: Stage) -> dict[str, Any]:
     stage.update(0, len(selection.train))
     app_name = generator_app_name(cfg)
     serve_model(generator_args(ctx), app_name, ctx.model_uri, ctx.k)
+    generator = generator_info(app_name)
     generations = generation_dataset(
         keep_rows(rows, selection.train),
         tokenizer_path=ctx.model_uri,
@@ -214,6 +215,7 @@ def run_generate(ctx: IterationContext, stage: Stage) -> dict[str, Any]:
         "bad_rows": len(bad),
         "bad_row_examples": bad[:10],
         "held_out_prompts": len(selection.held_out),
+        "generator": generator.model_dump() if generator else None,
     }
     rows_written = write_records(generations, storage, path, GENERATION_SCHEMA, meta=meta, on_rows=stage.update)
     if rows_written != len(selection.train):

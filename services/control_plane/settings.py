@@ -20,7 +20,7 @@ class Settings(BaseSettings):
         None, description="Bearer token for mutating requests. Unset: mutating requests are refused."
     )
     # Storage and data may live only under these roots: local folders, or URI prefixes (s3://bucket/spin).
-    storage_roots: list[str] = Field(default_factory=lambda: [str(Path(".cache/spin-runs").absolute())])
+    storage_roots: list[str] = Field(default_factory=lambda: [str(Path(".cache").absolute())])
     data_roots: list[str] = Field(default_factory=lambda: [str(Path(".cache").absolute())])
     max_body_bytes: int = Field(1 << 20, ge=1024)
     poll_interval_s: float = Field(2.0, gt=0)

@@ -12,6 +12,10 @@ or, in a Serve config / RayService `serveConfigV2`:
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
+
 from ray.serve import Application
 
 from cluster.runtime import vllm_env
@@ -27,7 +31,7 @@ def build_generator_app(args: GeneratorArgs, weights: WeightsUpdate | None = Non
 
     env = {**vllm_env(use_gpu=args.num_gpus > 0), **args.env}
     options = {"user_config": weights.model_dump()} if weights else {}
-    return SpinGenerator.options(
+    deployment = SpinGenerator.options(
         **options,
         num_replicas=args.num_replicas,
         max_ongoing_requests=args.max_ongoing_requests,
@@ -36,4 +40,19 @@ def build_generator_app(args: GeneratorArgs, weights: WeightsUpdate | None = Non
             "num_gpus": args.num_gpus,
             "runtime_env": {"env_vars": env},
         },
-    ).bind(args.model_dump())
+    )
+    # `serve.run` replaces every replica unless the deployment has a version; with a stable one, a change
+    # of user_config alone reaches the running replicas through `reconfigure`, as a config deploy would.
+    # Ray 2.60 removed the public `version` option and reads this attribute (serve/_private/client.py);
+    # tests/integration checks that a weight move keeps the same replica.
+    deployment._version = code_version(args, env)
+    return deployment.bind(args.model_dump())
+
+
+def code_version(args: GeneratorArgs, env: dict[str, str]) -> str:
+    """Changes with the deployment's code, arguments or environment, and with nothing else."""
+    from services.generator import deployment
+
+    digest = hashlib.sha256(inspect.getsource(deployment).encode())
+    digest.update(json.dumps([args.model_dump(mode="json"), env], sort_keys=True).encode())
+    return digest.hexdigest()[:16]

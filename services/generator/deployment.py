@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -53,6 +54,7 @@ class SpinGenerator:
         self._model_path = self._args.model_path
         self._version = self._args.model_version
         self._engine = self._start_engine(local_copy(self._model_path))
+        self._engine_started_at = time.time()
         # Requests in flight, and whether a weight move is under way: a move waits for the requests to
         # drain and new requests wait for the move, so each response comes from exactly one version.
         self._gate = asyncio.Condition()
@@ -159,7 +161,12 @@ class SpinGenerator:
         return self._args
 
     async def info(self) -> GeneratorInfo:
-        return GeneratorInfo(model_path=self._model_path, model_version=self._version)
+        return GeneratorInfo(
+            model_path=self._model_path,
+            model_version=self._version,
+            replica_id=serve.get_replica_context().replica_id.unique_id,
+            engine_started_at=self._engine_started_at,
+        )
 
     async def check_health(self) -> None:
         await self._engine.check_health()

@@ -86,6 +86,8 @@ class ScoreResponse(_Strict):
 class GeneratorInfo(_Strict):
     model_path: str
     model_version: int
+    replica_id: str
+    engine_started_at: float  # time.time() when this replica's engine was built
 
 
 class WeightsUpdate(_Strict):

@@ -2,15 +2,24 @@
 
 import pytest
 
-from cluster.runtime import connect
+from cluster.runtime import connect, start_head, stop_head
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_head():
+    """`ray start --head` on 127.0.0.1 with the dashboard (Jobs API); yields the dashboard URL."""
+    stop_head()
+    yield start_head(num_cpus=4, object_store_memory=512 * 2**20)
+    stop_head()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_head):
+    """This test process as a driver of the local cluster."""
     import ray
     from ray import serve
 
-    resources = connect(num_cpus=4, object_store_memory=512 * 2**20)
+    resources = connect("127.0.0.1:6379")
     yield resources
     serve.shutdown()
     ray.shutdown()

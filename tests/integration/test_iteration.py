@@ -8,13 +8,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cluster.weights import generator_handle, generator_info
 from jobs.arithmetic import make_problems, write_jsonl
 from jobs.chat import encode_prompt, pad_id
 from jobs.config import SpinConfig
+from jobs.generate import generator_app_name
 from jobs.modeling import load_causal_lm, load_tokenizer
 from jobs.sft_data import BadRowsError
 from jobs.spin.schedule import StepPlan
 from jobs.storage import RunStorage
+from services.generator.schemas import GenerateRequest
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 
@@ -119,7 +122,7 @@ def test_first_step_is_exact_and_the_loss_falls(iteration):
     assert epoch_mean[-1] < epoch_mean[0] - 0.15, [round(h["loss"], 4) for h in history]
     last_epoch = [h for h in history if h["epoch"] == 3]
     assert sum(h["rewards/accuracies"] for h in last_epoch) / 5 > 0.6
-    assert set(metrics["stage_seconds"]) == {"generate", "score", "train"}
+    assert set(metrics["stage_seconds"]) == {"generate", "score", "train", "publish"}
 
 
 def test_checkpoint_loads_in_transformers_and_vllm_with_the_same_greedy_tokens(iteration):
@@ -168,6 +171,20 @@ def test_checkpoint_loads_in_transformers_and_vllm_with_the_same_greedy_tokens(i
     # transformers keeps the EOS it stopped on and so does vLLM; both stop at the first EOS.
     assert vl == [h[: len(v)] for h, v in zip(hf, vl, strict=True)] and all(len(v) for v in vl)
     assert len({tuple(v) for v in vl}) > 1, "greedy outputs are all identical: the check would be vacuous"
+
+    # The publish stage moved the running generator to this checkpoint: same replica, same engine,
+    # and the same greedy tokens as the fresh engine above.
+    app = generator_app_name(cfg)
+    info = generator_info(app)
+    assert (info.model_version, info.model_path) == (1, model_dir)
+    storage = RunStorage(cfg.storage_uri)
+    before = storage.marker(storage.iteration_path(0, "generations"))["generator"]
+    assert before["model_version"] == 0
+    assert (info.replica_id, info.engine_started_at) == (before["replica_id"], before["engine_started_at"])
+    request = GenerateRequest(prompt_token_ids=prompts, max_tokens=[16] * len(prompts), temperature=0.0)
+    served = generator_handle(app).generate.remote(request).result(timeout_s=300)
+    assert served.model_version == 1
+    assert [c.token_ids for c in served.completions] == vl
 
 
 def test_bad_rows_fail_by_default_naming_them_and_nothing_is_written(ray_cluster, sft_model_dir, dataset, tmp_path):

@@ -1,0 +1,172 @@
+"""`spin server` and `spin runs ...`: the control plane and its command-line client."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.control_plane.client import TOKEN_FILE, SpinAPIError, SpinClient
+
+runs = typer.Typer(no_args_is_help=True, help="Create, launch, watch and cancel runs on a control plane.")
+console = Console()
+
+RunId = Annotated[str, typer.Argument(help="Run id.")]
+
+
+def _client() -> SpinClient:
+    return SpinClient()
+
+
+def _fail(e: SpinAPIError) -> None:
+    console.print(f"[red]error[/red] {e.detail}")
+    raise typer.Exit(1)
+
+
+def serve_control_plane(host: str, port: int, local_ray: bool, num_cpus: float | None) -> None:
+    """Run the control plane; with `local_ray`, start (or reuse) a local Ray head on 127.0.0.1 first."""
+    import os
+
+    from cluster.runtime import apply_env, start_head
+
+    apply_env(local=local_ray)
+    if local_ray:
+        os.environ.setdefault("SPIN_RAY_DASHBOARD_URL", start_head(num_cpus=num_cpus))
+    if not os.environ.get("SPIN_API_TOKEN"):
+        if not TOKEN_FILE.exists():
+            TOKEN_FILE.parent.mkdir(parents=True, exist_ok=True)
+            TOKEN_FILE.touch(mode=0o600)
+            TOKEN_FILE.write_text(secrets.token_urlsafe(32))
+        os.environ["SPIN_API_TOKEN"] = TOKEN_FILE.read_text().strip()
+        console.print(f"API token in {TOKEN_FILE} (the CLI and client read it from there)")
+    import uvicorn
+
+    from jobs.logs import setup_logging
+    from services.control_plane.main import create_app
+
+    setup_logging()
+    uvicorn.run(create_app(), host=host, port=port, log_level="warning")
+
+
+def run_table(items: list[dict[str, Any]]) -> Table:
+    table = Table()
+    for column in ("id", "name", "state", "iterations", "created"):
+        table.add_column(column)
+    for run in items:
+        done = sum(it["state"] == "succeeded" for it in run["iterations"])
+        table.add_row(run["id"], run["name"], run["state"], f"{done}/{run['num_iterations']}", run["created_at"][:19])
+    return table
+
+
+def iteration_table(run: dict[str, Any]) -> Table:
+    table = Table(title=f"run {run['id']} ({run['name']}): {run['state']}")
+    for column in ("iteration", "state", "stage", "progress", "loss", "reward acc", "attempts"):
+        table.add_column(column)
+    for it in run["iterations"]:
+        p = it.get("progress") or {}
+        progress = f"{p.get('completed')}/{p.get('total')}" if p.get("total") else ""
+        final = ((it.get("metrics") or {}).get("train") or {}).get("final") or {}
+        table.add_row(
+            str(it["index"]),
+            it["state"],
+            it.get("stage") or "",
+            progress,
+            f"{final['loss']:.4f}" if "loss" in final else "",
+            f"{final['rewards/accuracies']:.3f}" if "rewards/accuracies" in final else "",
+            str(it["attempts"]),
+        )
+    return table
+
+
+@runs.command("create")
+def create(
+    config: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="SPIN config YAML.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="section.field=value")] = None,
+) -> None:
+    """Create a run from a config file (validated here and by the server)."""
+    from jobs.config import SpinConfig
+
+    try:
+        run = _client().create_run(SpinConfig.from_yaml(config, set_))
+    except SpinAPIError as e:
+        _fail(e)
+    console.print(f"created run [bold]{run['id']}[/bold] ({run['num_iterations']} iterations)")
+
+
+@runs.command("list")
+def list_() -> None:
+    try:
+        console.print(run_table(_client().list_runs()["data"]))
+    except SpinAPIError as e:
+        _fail(e)
+
+
+@runs.command("get")
+def get(run_id: RunId, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    try:
+        run = _client().get_run(run_id)
+    except SpinAPIError as e:
+        _fail(e)
+    console.print_json(json.dumps(run)) if as_json else console.print(iteration_table(run))
+
+
+@runs.command("launch")
+def launch(run_id: RunId, iterations: Annotated[int, typer.Option("-n", help="How many iterations.")] = 1) -> None:
+    """Queue the next N iterations."""
+    try:
+        run = _client().launch(run_id, iterations)
+    except SpinAPIError as e:
+        _fail(e)
+    console.print(iteration_table(run))
+
+
+@runs.command("watch")
+def watch(run_id: RunId) -> None:
+    """Follow a run until nothing is queued or running, with a progress bar for the current stage."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bars:
+        tasks: dict[tuple[int, str], Any] = {}
+
+        def show(run: dict[str, Any]) -> None:
+            for it in run["iterations"]:
+                p, stage = it.get("progress") or {}, it.get("stage")
+                if stage and it["state"] == "running":
+                    key = (it["index"], stage)
+                    if key not in tasks:
+                        tasks[key] = bars.add_task(f"iteration {it['index']} {stage}", total=p.get("total"))
+                    bars.update(tasks[key], completed=p.get("completed") or 0, total=p.get("total"))
+
+        try:
+            run = _client().wait(run_id, on_update=show, timeout_s=7 * 24 * 3600)
+        except SpinAPIError as e:
+            _fail(e)
+    console.print(iteration_table(run))
+    if run["state"] == "failed":
+        console.print(f"[red]{run['error']}[/red]")
+        raise typer.Exit(1)
+
+
+@runs.command("cancel")
+def cancel(run_id: RunId) -> None:
+    try:
+        console.print(iteration_table(_client().cancel(run_id)))
+    except SpinAPIError as e:
+        _fail(e)
+
+
+@runs.command("delete")
+def delete(run_id: RunId) -> None:
+    """Forget a run (its storage is kept)."""
+    try:
+        _client().delete(run_id)
+    except SpinAPIError as e:
+        _fail(e)
+    console.print(f"deleted run {run_id}")
