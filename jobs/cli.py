@@ -16,7 +16,13 @@ import typer
 
 from services.control_plane.cli import runs, serve_control_plane
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="SPIN self-play fine-tuning on Ray.")
+# Plain tracebacks: they end up in Ray Job logs and the control plane's error fields, not only on terminals.
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="SPIN self-play fine-tuning on Ray.",
+)
 app.add_typer(runs, name="runs")
 
 ConfigArg = Annotated[str, typer.Argument(help="A SPIN config YAML: a local file or a pyarrow.fs URI.")]

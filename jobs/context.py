@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from jobs.config import ResolvedIteration, SpinConfig
 from jobs.storage import RunStorage, local_copy
@@ -38,6 +39,8 @@ class IterationContext:
 def starting_model_uri(cfg: SpinConfig, storage: RunStorage, k: int) -> str:
     """Iteration 0 starts from the SFT model; iteration k from the model iteration k−1 published."""
     if k == 0:
+        if not _is_model(cfg.model.path):
+            raise FileNotFoundError(f"model.path {cfg.model.path} is not a Hugging Face checkpoint (no config.json)")
         return cfg.model.path
     previous = storage.iteration_path(k - 1, "model")
     if not storage.is_complete(previous):
@@ -46,3 +49,10 @@ def starting_model_uri(cfg: SpinConfig, storage: RunStorage, k: int) -> str:
             f"{storage.uri_of(previous)}; run iteration {k - 1} first"
         )
     return storage.uri_of(previous)
+
+
+def _is_model(uri: str) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).absolute()))
+    return bool(fs.get_file_info(f"{path}/config.json").type == pafs.FileType.File)

@@ -6,6 +6,8 @@ apply_env(local=True)
 
 import pytest  # noqa: E402
 
+from cluster.runtime import connect, start_head, stop_head  # noqa: E402
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
@@ -13,3 +15,36 @@ def tiny_model_dir(tmp_path_factory):
     from jobs.tiny_model import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """`ray start --head` on 127.0.0.1 with the dashboard (Jobs API); yields the dashboard URL."""
+    stop_head()
+    yield start_head(num_cpus=4, object_store_memory=512 * 2**20)
+    stop_head()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_head):
+    """This test process as a driver of the local cluster."""
+    import ray
+    from ray import serve
+
+    resources = connect("127.0.0.1:6379")
+    yield resources
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sft_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model after a short SFT on arithmetic problems: it answers in the task's format, so greedy
+    outputs are varied text rather than one repeated token."""
+    from jobs.arithmetic import make_problems
+    from jobs.sft import sft
+
+    examples = [([{"role": "user", "content": p.question}], p.solution) for p in make_problems(1000, seed=11)]
+    out = tmp_path_factory.mktemp("sft") / "model"
+    sft(tiny_model_dir, out, examples, steps=200, batch_size=32, learning_rate=2e-3)
+    return str(out)

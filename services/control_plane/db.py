@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
@@ -36,8 +37,18 @@ class IterationState(enum.StrEnum):
 ACTIVE_ITERATION_STATES = (IterationState.PENDING, IterationState.SUBMITTED, IterationState.RUNNING)
 
 
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps in UTC on every backend (SQLite keeps no time zone, so it is put back on read)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime()}
 
 
 class Run(Base):

@@ -24,7 +24,10 @@ logger = logging.getLogger("spin.control_plane")
 
 
 class BodyLimit:
-    """Refuse request bodies over `max_bytes` with 413, whether or not they declare a length."""
+    """Refuse request bodies over `max_bytes` with 413, whether or not they declare their length.
+
+    The body is read here, up to the limit, and handed on whole: the API's bodies are small configs.
+    """
 
     def __init__(self, app: Any, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -37,35 +40,36 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await self._refuse(send)
             return
-        seen = 0
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                await self._refuse(send)
+                return
+        delivered = False
 
-        async def limited_receive() -> dict[str, Any]:
-            nonlocal seen
-            message: dict[str, Any] = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _TooLarge
-            return message
+        async def replay() -> dict[str, Any]:
+            nonlocal delivered
+            if delivered:
+                return dict(await receive())
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            await self._refuse(send)
+        await self.app(scope, replay, send)
 
     async def _refuse(self, send: Any) -> None:
         body = b'{"detail":"request body too large"}'
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
-        )
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> FastAPI:
