@@ -131,16 +131,11 @@ def start_head(
     import subprocess
     import sys
     import time
-    import urllib.request
 
     url = f"http://127.0.0.1:{dashboard_port}"
 
     def answering() -> bool:
-        try:
-            with urllib.request.urlopen(f"{url}/api/version", timeout=2) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
+        return head_running(dashboard_port)
 
     if answering():
         return url
@@ -169,6 +164,17 @@ def start_head(
             raise TimeoutError(f"the Ray dashboard did not answer on {url} within {timeout_s:.0f}s")
         time.sleep(0.5)
     return url
+
+
+def head_running(dashboard_port: int = 8265) -> bool:
+    """Whether a Ray dashboard answers on 127.0.0.1:`dashboard_port`."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{dashboard_port}/api/version", timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
 
 
 def stop_head() -> None:

@@ -3,9 +3,11 @@
     python -m jobs demo        (what `make demo` runs)
 
 1. prepare  a tiny Llama and its tokenizer, built offline; SFT data; a supervised fine-tune (cached)
-2. ray      a local Ray cluster on 127.0.0.1
-3. spin     one SPIN iteration: generate (Serve + vLLM) → score → train (Ray Train, 2 FSDP2 workers)
-4. report   per-stage wall time, pair counts and the training metrics
+2. ray      a local Ray cluster on 127.0.0.1 (head with dashboard and Jobs API)
+3. control  the control plane (FastAPI, SQLite) on 127.0.0.1
+4. spin     a two-iteration run created and launched over REST; each iteration is a Ray Job:
+            generate (Serve + vLLM) → score → train (Ray Train, 2 FSDP2 workers) → publish
+5. report   the per-iteration table
 """
 
 from __future__ import annotations
@@ -68,65 +70,97 @@ def prepare(cfg: SpinConfig, console: Console) -> None:
     console.print(f"SFT: {result['steps']} steps in {result['seconds']:.0f}s, final loss {result['final_loss']:.3f}")
 
 
-def summary_tables(metrics: dict[str, Any]) -> list[Table]:
-    stages = Table(title=f"iteration {metrics['iteration']}: stages")
-    stages.add_column("stage")
-    stages.add_column("wall time (s)", justify="right")
-    for stage, seconds in metrics["stage_seconds"].items():
-        stages.add_row(stage, f"{seconds:.1f}")
-
-    g = metrics["generate"]
-    pairs = Table(title="pairs")
-    pairs.add_column("what")
-    pairs.add_column("count", justify="right")
-    for label, value in [
-        ("prompts sampled (= pairs)", g["prompts"]),
-        ("unique prompts in the data", g["unique_prompts"]),
-        ("duplicate rows dropped", g["duplicate_rows"]),
-        ("unusable rows skipped", g["bad_rows"]),
-        ("pairs trained on (with mixing)", metrics["train"]["pairs"]),
-        ("optimizer steps", metrics["train"]["steps"]),
-    ]:
-        pairs.add_row(label, str(value))
-
-    history = metrics["train"]["history"]
-    training = Table(title="training, means over all ranks (Δ = log pθ − log pref)")
-    columns = {
-        "loss": "loss",
-        "rewards/margins": "reward margin",
-        "rewards/accuracies": "reward acc",
-        "gain/real": "Δ real",
-        "gain/generated": "Δ generated",
-        "tokens_per_s": "tokens/s",
-    }
-    names = list(columns)
-    training.add_column("step", justify="right")
-    for header in columns.values():
-        training.add_column(header, justify="right")
-    shown = history if len(history) <= 12 else history[:3] + history[3:-3][:: max(1, len(history) // 6)] + history[-3:]
-    for h in shown:
-        training.add_row(str(h["step"]), *(f"{h[n]:.4f}" if n != "tokens_per_s" else f"{h[n]:.0f}" for n in names))
-    return [stages, pairs, training]
+def iteration_table(run: dict[str, Any]) -> Table:
+    """One row per iteration: what it trained on, how training ended, and how long each stage took."""
+    table = Table(title=f"run {run['id']} ({run['name']}): {run['state']}   (Δ = log pθ − log pref, last step)")
+    for column in (
+        "iter",
+        "state",
+        "pairs",
+        "steps",
+        "loss first→last",
+        "reward acc",
+        "margin",
+        "Δ real",
+        "Δ gen",
+        "seconds gen/score/train/publish",
+    ):
+        table.add_column(column, justify="right")
+    for it in run["iterations"]:
+        m = it.get("metrics") or {}
+        train, seconds = m.get("train") or {}, m.get("stage_seconds") or {}
+        first, final = (train.get("history") or [{}])[0], train.get("final") or {}
+        table.add_row(
+            str(it["index"]),
+            it["state"],
+            str(train.get("pairs", "")),
+            str(train.get("steps", "")),
+            f"{first['loss']:.3f}→{final['loss']:.3f}" if final else "",
+            *(
+                f"{final[k]:.3f}" if k in final else ""
+                for k in ("rewards/accuracies", "rewards/margins", "gain/real", "gain/generated")
+            ),
+            "/".join(f"{seconds[s]:.0f}" for s in ("generate", "score", "train", "publish") if s in seconds),
+        )
+    return table
 
 
 def run_demo(config_path: Path = DEMO_CONFIG, overrides: list[str] | None = None) -> dict[str, Any]:
-    from cluster.runtime import connect
-    from jobs.iteration import run_iteration
-    from jobs.progress import Progress, RichSink
+    """Prepare the model and data, start Ray and the control plane, and drive the run over REST."""
+    from cluster.runtime import head_running, start_head, stop_head
 
     console = Console(stderr=True)
     cfg = SpinConfig.from_yaml(config_path, overrides)
     prepare(cfg, console)
-    with console.status("starting a local Ray cluster on 127.0.0.1"):
-        resources = connect(num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory)
-    console.print(f"Ray is up: {resources.get('CPU', 0):.0f} logical CPUs on 127.0.0.1")
-    sink = RichSink(console)
+    ours = not head_running()
+    with console.status("starting a local Ray cluster on 127.0.0.1 (head, dashboard, Jobs API)"):
+        dashboard = start_head(num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory)
+    console.print(f"Ray is up; its dashboard is {dashboard}")
     try:
-        metrics = run_iteration(cfg, 0, Progress(sink))
+        run = _drive(cfg, dashboard, console)
     finally:
-        sink.close()
+        if ours:
+            stop_head()
     out = Console()
-    for table in summary_tables(metrics):
-        out.print(table)
-    out.print(f"model after iteration 0: {metrics['model_out']}")
-    return metrics
+    if not out.is_terminal:
+        out = Console(width=140)  # logs and pipes: keep the table whole
+    out.print(iteration_table(run))
+    if run["state"] != "completed":
+        raise SystemExit(f"the run ended {run['state']}: {run.get('error')}")
+    return run
+
+
+def _drive(cfg: SpinConfig, dashboard: str, console: Console) -> dict[str, Any]:
+    import secrets
+
+    from services.control_plane.cli import watch_run
+    from services.control_plane.client import SpinClient
+    from services.control_plane.main import create_app
+    from services.control_plane.server import BackgroundServer
+    from services.control_plane.settings import Settings
+
+    demo_root = Path(cfg.storage_uri).parent.parent
+    token = secrets.token_urlsafe(24)
+    settings = Settings(
+        database_url=f"sqlite:///{demo_root}/control/state.db",
+        ray_dashboard_url=dashboard,
+        api_token=token,
+        storage_roots=[str(demo_root)],
+        data_roots=[str(demo_root)],
+        poll_interval_s=1.0,
+    )
+    with BackgroundServer(create_app(settings)) as server:
+        console.print(f"control plane on {server.url} (OpenAPI at {server.url}/docs)")
+        client = SpinClient(server.url, token)
+        run = next((r for r in client.list_runs()["data"] if r["storage_uri"] == cfg.storage_uri), None)
+        if run is None:
+            run = client.create_run(cfg)
+            console.print(f"created run {run['id']} with {run['num_iterations']} iterations")
+        remaining = run["num_iterations"] - sum(it["state"] == "succeeded" for it in run["iterations"])
+        if remaining:
+            client.launch(run["id"], remaining)
+            console.print(f"launched {remaining} iteration(s), each a Ray Job; following them:")
+            run = watch_run(client, run["id"], console)
+        else:
+            console.print(f"run {run['id']} is already complete (delete {demo_root}/runs to start over)")
+    return run

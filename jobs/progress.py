@@ -108,8 +108,9 @@ class StatusSink:
         self._write(force=True)
 
     def update(self, stage: str, completed: int, total: int | None, info: dict[str, Any]) -> None:
+        new_total = total != self.status.get("total")
         self.status.update(completed=completed, total=total, info=info)
-        self._write(force=completed == total)
+        self._write(force=new_total or completed == total)
 
     def end(self, stage: str, seconds: float | None, error: str | None) -> None:
         if seconds is not None:

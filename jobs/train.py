@@ -97,4 +97,11 @@ def run_train(ctx: IterationContext, stage: Stage, pad_id: int) -> dict[str, Any
         state = json.loads(Path(d, STATE_FILE).read_text())
     history = state["history"]
     stage.update(len(history), len(history))
-    return {"pairs": num_pairs, "steps": len(history), "history": history, "final": history[-1] if history else {}}
+    return {
+        "pairs": num_pairs,
+        "pairs_from_iterations": training_iterations(ctx.k, ctx.iteration.mix_previous),
+        "steps": len(history),
+        "resumed_at_steps": state["resumed_at"],
+        "history": history,
+        "final": history[-1] if history else {},
+    }

@@ -137,10 +137,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_multiplier(plan.total_steps, t.warmup_ratio, t.lr_scheduler)
     )
-    state: dict[str, Any] = {"step": 0, "history": []}
+    state: dict[str, Any] = {"step": 0, "history": [], "resumed_at": []}
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
+    if checkpoint:  # a restarted worker group: carry on after the last checkpointed step
         state = _load_checkpoint(checkpoint, model, optimizer, scheduler)
+        state["resumed_at"].append(state["step"])
 
     shard = ray.train.get_dataset_shard("train")
     sums = torch.zeros(0)

@@ -125,29 +125,47 @@ def launch(run_id: RunId, iterations: Annotated[int, typer.Option("-n", help="Ho
     console.print(iteration_table(run))
 
 
-@runs.command("watch")
-def watch(run_id: RunId) -> None:
-    """Follow a run until nothing is queued or running, with a progress bar for the current stage."""
+def watch_run(client: SpinClient, run_id: str, out: Console | None = None) -> dict[str, Any]:
+    """Follow a run until nothing is queued or running, with a progress bar per iteration stage."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=out or console,
     ) as bars:
         tasks: dict[tuple[int, str], Any] = {}
 
         def show(run: dict[str, Any]) -> None:
             for it in run["iterations"]:
                 p, stage = it.get("progress") or {}, it.get("stage")
+                if it["state"] == "succeeded" or (stage and it["state"] == "running"):
+                    # Stages before the current one (or all, once it succeeded) are complete.
+                    for (index, name), task in tasks.items():
+                        if index == it["index"] and (name != stage or it["state"] == "succeeded"):
+                            bars.update(task, completed=bars.tasks[task].total or 1, total=bars.tasks[task].total or 1)
                 if stage and it["state"] == "running":
                     key = (it["index"], stage)
                     if key not in tasks:
-                        tasks[key] = bars.add_task(f"iteration {it['index']} {stage}", total=p.get("total"))
-                    bars.update(tasks[key], completed=p.get("completed") or 0, total=p.get("total"))
+                        tasks[key] = bars.add_task(f"iteration {it['index']} {stage:<8}", total=p.get("total"), info="")
+                    info = "  ".join(
+                        f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in (p.get("info") or {}).items()
+                    )
+                    bars.update(tasks[key], completed=p.get("completed") or 0, total=p.get("total"), info=info)
 
-        try:
-            run = _client().wait(run_id, on_update=show, timeout_s=7 * 24 * 3600)
-        except SpinAPIError as e:
-            _fail(e)
+        return client.wait(run_id, on_update=show, timeout_s=7 * 24 * 3600)
+
+
+@runs.command("watch")
+def watch(run_id: RunId) -> None:
+    """Follow a run until nothing is queued or running, with a progress bar for the current stage."""
+    try:
+        run = watch_run(_client(), run_id)
+    except SpinAPIError as e:
+        _fail(e)
     console.print(iteration_table(run))
     if run["state"] == "failed":
         console.print(f"[red]{run['error']}[/red]")

@@ -9,72 +9,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster.weights import generator_handle, generator_info
-from jobs.arithmetic import make_problems, write_jsonl
 from jobs.chat import encode_prompt, pad_id
-from jobs.config import SpinConfig
 from jobs.generate import generator_app_name
 from jobs.modeling import load_causal_lm, load_tokenizer
 from jobs.sft_data import BadRowsError
 from jobs.spin.schedule import StepPlan
 from jobs.storage import RunStorage
 from services.generator.schemas import GenerateRequest
+from tests.integration.conftest import UNIQUE, tiny_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
-
-UNIQUE = 40
-BAD_LINES = ['{"prompt": "What is 2 + 2?"}', '{"prompt": "Q", "response": 4}', '{"prompt": "Q", "response": ""}']
-
-
-def tiny_config(tmp_path, model_dir, data_path, **data):
-    return SpinConfig.model_validate(
-        {
-            "name": "it-test",
-            "storage_uri": str(tmp_path / "storage"),
-            "model": {"path": model_dir, "dtype": "float32"},
-            "data": {"path": str(data_path), **data},
-            "sampling": {"max_new_tokens": 24},
-            "generator": {"kv_cache_memory_bytes": 64 * 2**20, "prompts_per_request": 8},
-            "train": {
-                "num_workers": 2,
-                "use_gpu": False,
-                "precision": "fp32",
-                "cpus_per_worker": 1,
-                "micro_batch_size": 4,
-                "global_batch_size": 8,
-                "learning_rate": 5e-4,
-                "beta": 0.5,
-                "optimizer": "adamw",
-                "max_prompt_length": 64,
-                "max_length": 128,
-                "epochs": 4,
-                "checkpoint_every_steps": 4,
-            },
-            "prompts_per_iteration": 64,
-            "iterations": [{}],
-        }
-    )
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    """40 unique prompts over a JSONL and a Parquet file; 6 rows repeat earlier prompts; 3 rows are unusable."""
-    root = tmp_path_factory.mktemp("data")
-    problems = make_problems(UNIQUE, seed=21)
-    write_jsonl(problems[:30], root / "a.jsonl")
-    with (root / "a.jsonl").open("a") as f:
-        f.write("\n".join(BAD_LINES) + "\n")
-    rows = [p.as_row() for p in problems[30:] + problems[:6]]
-    pq.write_table(pa.Table.from_pylist([{**r, "messages": r["messages"]} for r in rows]), root / "b.parquet")
-    return root, problems
-
-
-@pytest.fixture(scope="module")
-def iteration(ray_cluster, sft_model_dir, dataset, tmp_path_factory):
-    from jobs.iteration import run_iteration
-
-    root, problems = dataset
-    cfg = tiny_config(tmp_path_factory.mktemp("run"), sft_model_dir, root, bad_rows="skip")
-    return cfg, run_iteration(cfg, 0), problems
 
 
 def read_pairs(cfg):

@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from services.control_plane.main import create_app
+from services.control_plane.server import BackgroundServer
 from services.control_plane.settings import Settings
-from tests.services.conftest import LiveServer
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -38,7 +38,7 @@ def settings(roots, ray_head, **overrides):
 
 @pytest.fixture
 def api(roots, ray_head):
-    with LiveServer(create_app(settings(roots, ray_head))) as server, httpx.Client(base_url=server.url) as client:
+    with BackgroundServer(create_app(settings(roots, ray_head))) as server, httpx.Client(base_url=server.url) as client:
         yield client
 
 
@@ -104,7 +104,7 @@ def test_mutations_need_the_token(api, roots):
 
 
 def test_a_server_without_a_token_accepts_no_changes(roots, ray_head):
-    with LiveServer(create_app(settings(roots, ray_head, api_token=None))) as server:
+    with BackgroundServer(create_app(settings(roots, ray_head, api_token=None))) as server:
         r = httpx.post(f"{server.url}/runs", json={"config": config(roots)}, headers=AUTH)
     assert r.status_code == 403 and "no API token configured" in r.json()["detail"]
 
