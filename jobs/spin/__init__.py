@@ -5,9 +5,10 @@ read, tested and reused without Ray, vLLM or transformers.
 """
 
 from jobs.spin.collate import PairBatch, collate_pairs, pad_sequences
+from jobs.spin.guard import GainGuard
 from jobs.spin.logprobs import sequence_logps, token_logps
-from jobs.spin.loss import LOSS_TYPES, LossType, SpinLossOutput, spin_loss
-from jobs.spin.metrics import METRIC_NAMES, metrics_from_sums, pair_metric_sums
+from jobs.spin.loss import LOSS_TYPES, LossType, SpinLossOutput, spin_loss, spin_objective
+from jobs.spin.metrics import METRIC_NAMES, metrics_from_sums, pair_metric_sums, real_nll
 from jobs.spin.pairs import (
     PromptSelection,
     RowRef,
@@ -19,6 +20,7 @@ from jobs.spin.pairs import (
     truncate_prompt,
     truncate_response,
 )
+from jobs.spin.stopping import IterationScores, StopDecision, StoppingRule, should_stop
 
 __all__ = [
     "LOSS_TYPES",
@@ -40,6 +42,13 @@ __all__ = [
     "spin_loss",
     "token_logps",
     "training_iterations",
+    "spin_objective",
+    "real_nll",
+    "GainGuard",
+    "IterationScores",
+    "StoppingRule",
+    "StopDecision",
+    "should_stop",
     "truncate_prompt",
     "truncate_response",
 ]

@@ -84,3 +84,35 @@ def spin_loss(
         reward_real=beta * real_gain.detach(),
         reward_generated=beta * generated_gain.detach(),
     )
+
+
+def spin_objective(
+    policy_real: torch.Tensor,
+    policy_generated: torch.Tensor,
+    ref_real: torch.Tensor,
+    ref_generated: torch.Tensor,
+    real_tokens: torch.Tensor,
+    generated_tokens: torch.Tensor,
+    *,
+    beta: float,
+    loss_type: LossType = "sigmoid",
+    length_normalize: bool = False,
+    real_nll_weight: float = 0.0,
+) -> SpinLossOutput:
+    """The SPIN loss with the two optional safeguards against pushing the human answers down.
+
+    length_normalize: compare mean per-token log-probs, log p(y)/|y|, instead of sums, so a long answer
+        cannot dominate a margin just by its length.
+    real_nll_weight α: add α · (−log pθ(real) / |real|), the real response's per-token NLL (an SFT term),
+        to each pair's loss, anchoring the human answers' likelihood.
+    """
+    if length_normalize:
+        policy_real, ref_real = policy_real / real_tokens, ref_real / real_tokens
+        policy_generated, ref_generated = policy_generated / generated_tokens, ref_generated / generated_tokens
+    out = spin_loss(policy_real, policy_generated, ref_real, ref_generated, beta=beta, loss_type=loss_type)
+    if real_nll_weight:
+        per_token = policy_real if length_normalize else policy_real / real_tokens
+        out = SpinLossOutput(
+            out.losses - real_nll_weight * per_token, out.margin, out.reward_real, out.reward_generated
+        )
+    return out

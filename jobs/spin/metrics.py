@@ -64,3 +64,8 @@ def metrics_from_sums(sums: torch.Tensor) -> dict[str, float]:
     if count <= 0:
         raise ValueError("no pairs were reduced: the metric sums have a count of 0")
     return {name: float(value) / count for name, value in zip(METRIC_NAMES, sums[:-1].tolist(), strict=True)}
+
+
+def real_nll(policy_real: torch.Tensor, real_tokens: torch.Tensor) -> float:
+    """Per-token negative log-likelihood of the real responses: −Σ log pθ(real) / Σ |real|."""
+    return float(-policy_real.sum() / real_tokens.sum())

@@ -66,6 +66,10 @@ class Run(Base):
     iterations: Mapped[list[Iteration]] = relationship(
         back_populates="run", order_by="Iteration.index", cascade="all, delete-orphan", lazy="selectin"
     )
+    # Optimistic locking: the API and the reconciler write the same rows; a write based on a stale read
+    # fails (StaleDataError) instead of silently undoing the other's change.
+    row_version: Mapped[int] = mapped_column(Integer, default=1)
+    __mapper_args__ = {"version_id_col": row_version}
 
 
 class Iteration(Base):
@@ -88,6 +92,8 @@ class Iteration(Base):
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     run: Mapped[Run] = relationship(back_populates="iterations")
+    row_version: Mapped[int] = mapped_column(Integer, default=1)
+    __mapper_args__ = {"version_id_col": row_version}
 
 
 def make_engine(url: str) -> Engine:

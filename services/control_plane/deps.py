@@ -9,8 +9,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
 
-from services.control_plane.errors import ControlPlaneError, Forbidden
+from services.control_plane.errors import Conflict, ControlPlaneError, Forbidden
 from services.control_plane.launcher import RayJobLauncher
 from services.control_plane.settings import Settings
 
@@ -24,8 +25,19 @@ def get_settings(request: Request) -> Settings:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessions.begin() as session:
+    """A session committed when the route returns, before the response is sent."""
+    session = request.app.state.sessions()
+    try:
         yield session
+        session.commit()
+    except StaleDataError as e:
+        session.rollback()
+        raise Conflict("the run changed while this request was being handled; try again") from e
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
 
 
 def get_launcher(request: Request) -> RayJobLauncher:
@@ -49,7 +61,7 @@ def require_token(
         raise Unauthorized("invalid bearer token")
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 LauncherDep = Annotated[RayJobLauncher, Depends(get_launcher)]
 TokenDep = Depends(require_token)

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.exc import StaleDataError
 
 from jobs.storage import RunStorage
 from services.control_plane.db import Iteration, IterationState, Run, RunState, utcnow
@@ -36,14 +37,25 @@ class Reconciler:
         self.sessions = sessions
         self.launcher = launcher
         self.job_retries = job_retries
+        self._submitted: list[str] = []  # jobs submitted in the current transaction
 
     def tick(self) -> None:
-        with self.sessions.begin() as session:
-            for run in session.scalars(select(Run).where(Run.state == RunState.RUNNING)).all():
-                try:
-                    self.advance(run)
-                except Unavailable as e:
-                    logger.warning("cannot reach Ray", extra={"run": run.id, "error": e.message})
+        with self.sessions() as session:
+            run_ids = session.scalars(select(Run.id).where(Run.state == RunState.RUNNING)).all()
+        for run_id in run_ids:
+            self._submitted: list[str] = []
+            try:
+                with self.sessions.begin() as session:  # one short transaction per run
+                    run = session.get(Run, run_id)
+                    if run is not None and run.state == RunState.RUNNING:
+                        self.advance(run)
+            except StaleDataError:
+                # The API changed this run meanwhile (a cancel, say): its write stands, this pass is dropped.
+                for job_id in self._submitted:
+                    self.launcher.stop(job_id)
+                logger.info("run changed during reconciliation; retrying next pass", extra={"run": run_id})
+            except Unavailable as e:
+                logger.warning("cannot reach Ray", extra={"run": run_id, "error": e.message})
 
     def advance(self, run: Run) -> None:
         active = active_iterations(run)
@@ -61,6 +73,7 @@ class Reconciler:
         it.job_id = self.launcher.submit(
             job_id, config_uri(run), it.index, {"spin_run": run.id, "spin_iteration": str(it.index)}
         )
+        self._submitted.append(it.job_id)
         it.state, it.stage, it.progress = IterationState.SUBMITTED, None, None
         logger.info("iteration submitted", extra={"run": run.id, "iteration": it.index, "job": it.job_id})
 

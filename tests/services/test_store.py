@@ -85,3 +85,29 @@ def test_rules_of_launch_cancel_and_delete(database_url):
         assert s.scalars(select(Iteration)).all() == []  # deleted with their run
         assert s.scalars(select(Run)).all() == []
     engine.dispose()
+
+
+def test_a_write_based_on_a_stale_read_is_refused(database_url):
+    """The reconciler and the API write the same rows: the later, stale writer must fail, not win."""
+    from sqlalchemy.orm.exc import StaleDataError
+
+    engine = make_engine(database_url)
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as s:
+        run = store.create_run(s, config(storage="/data/runs/race"))
+        store.launch(s, run, 1)
+        run_id = run.id
+    reconciler = sessions()
+    seen = reconciler.get(Run, run_id)
+    seen.iterations[0].stage = "train"  # the reconciler read RUNNING and is about to record progress
+    with sessions.begin() as api:
+        store.cancel(store.get_run(api, run_id))
+    with pytest.raises(StaleDataError):
+        reconciler.commit()
+    reconciler.rollback()
+    reconciler.close()
+    with sessions.begin() as s:
+        run = store.get_run(s, run_id)
+        assert run.state == RunState.CANCELLED and run.iterations[0].state == IterationState.CANCELLED
+        assert run.iterations[0].stage is None
+    engine.dispose()

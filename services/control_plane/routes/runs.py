@@ -33,6 +33,7 @@ def create_run(body: RunCreate, session: SessionDep, settings: SettingsDep) -> R
     """Create a run from a validated config. Nothing runs until iterations are launched."""
     _check_locations(body.config, settings)
     run = store.create_run(session, body.config)
+    session.flush()
     storage = RunStorage(body.config.storage_uri)
     storage.write_text(storage.path(CONFIG_FILE), body.config.to_yaml())
     return RunPublic.model_validate(run)
