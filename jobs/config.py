@@ -84,6 +84,42 @@ class GeneratorConfig(_Strict):
     request_timeout_s: float = Field(600.0, gt=0.0)  # a bad request can hang vLLM silently; never wait forever
 
 
+class GuardConfig(_Strict):
+    """What to do once the real responses' held-out log-prob gain turns negative (see jobs/spin/guard.py)."""
+
+    action: Literal["none", "lower_lr", "stop"] = "none"
+    patience: int = Field(1, ge=1, description="Negative readings in a row before acting.")
+    threshold: float = 0.0
+    lr_factor: float = Field(0.5, gt=0.0, lt=1.0)
+
+
+class EvalConfig(_Strict):
+    """Held-out evaluation (needs data.held_out_prompts > 0)."""
+
+    # A task metric from the data itself: exact match of the final answer, found by `answer_pattern` in the
+    # real and in the generated response. The default reads "The answer is 42" (the arithmetic task);
+    # GSM8k's answers would use "#### (-?[\d,]+)".
+    task: Literal["none", "answer_match"] = "none"
+    answer_pattern: str = r"The answer is (-?\d+)"
+    max_new_tokens: int = Field(256, ge=1)
+    every_steps: int | None = Field(None, ge=1, description="Evaluate during training every N steps (and at the end).")
+    prompts_during_training: int = Field(64, ge=1, description="Held-out prompts answered at each evaluation.")
+    select_best: bool = Field(True, description="Publish the best evaluated checkpoint, not the last.")
+    continued_sft_learning_rate: float | None = Field(
+        None, gt=0.0, description="Also train the 'continued SFT at equal compute' baseline, at this lr."
+    )
+
+
+class StoppingConfig(_Strict):
+    """When a run stops by itself (see jobs/spin/stopping.py); off unless enabled."""
+
+    enabled: bool = False
+    accuracy_band: float = Field(0.05, ge=0.0, le=0.5)
+    margin_tolerance: float = Field(0.1, ge=0.0)
+    patience: int = Field(2, ge=0, description="Iterations without a better task metric (0: never on this ground).")
+    min_iterations: int = Field(1, ge=1)
+
+
 class TrainConfig(_Strict):
     loss_type: LossType = "sigmoid"
     beta: float = Field(0.1, gt=0.0)
@@ -101,6 +137,10 @@ class TrainConfig(_Strict):
     # Pairs whose generation equals the real response give exactly zero gradient and only dilute a batch.
     # The paper keeps them; on short-answer tasks dropping them matters (research/small-models-data.md §3).
     drop_identical_pairs: bool = False
+    # Safeguards against pushing the human answers down with the model's own (off in the paper).
+    real_nll_weight: float = Field(0.0, ge=0.0, description="Weight of an added NLL term on the real responses.")
+    length_normalize: bool = Field(False, description="Compare mean per-token log-probs instead of sums.")
+    guard: GuardConfig = GuardConfig()
     num_workers: int = Field(8, ge=1)  # the paper trained on 8 A100s
     use_gpu: bool = True
     cpus_per_worker: float = Field(1.0, ge=0.0)
@@ -182,7 +222,18 @@ class SpinConfig(_Strict):
     prompts_per_iteration: int = Field(50_000, ge=1)
     mix_previous: bool = True  # iteration t trains on the pairs of t and t−1
     iterations: list[IterationSettings] = Field(default_factory=lambda: list(_PAPER_SCHEDULE), min_length=1)
+    eval: EvalConfig = EvalConfig()
+    stopping: StoppingConfig = StoppingConfig()
     ray: RayConfig = RayConfig()
+
+    @model_validator(mode="after")
+    def _evaluation_needs_held_out(self) -> SpinConfig:
+        needs = self.eval.task != "none" or self.eval.every_steps or self.stopping.enabled
+        if needs and self.data.held_out_prompts == 0:
+            raise ValueError("evaluation and the stopping rule need held-out prompts: set data.held_out_prompts")
+        if self.train.guard.action != "none" and not self.eval.every_steps:
+            raise ValueError("train.guard reads held-out evaluations: set eval.every_steps")
+        return self
 
     @property
     def num_iterations(self) -> int:

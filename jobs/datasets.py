@@ -100,16 +100,16 @@ def index_rows(rows: ray.data.Dataset, bad_rows: Literal["fail", "skip"]) -> tup
     return good, bad
 
 
-def keep_rows(rows: ray.data.Dataset, refs: Iterable[RowRef]) -> ray.data.Dataset:
-    """The rows at exactly `refs` (source, row) positions."""
-    wanted = {(r.source, r.row) for r in refs}
+def keep_rows(rows: ray.data.Dataset, splits: dict[tuple[str, int], str]) -> ray.data.Dataset:
+    """The rows at exactly the (source, row) positions of `splits`, with their split name added."""
 
     def keep(batch: pa.Table) -> pa.Table:
-        mask = [
-            (s, r) in wanted
+        names = [
+            splits.get((s, r))
             for s, r in zip(batch.column("source").to_pylist(), batch.column("row").to_pylist(), strict=True)
         ]
-        return batch.filter(pa.array(mask, type=pa.bool_()))
+        kept = batch.append_column("split", pa.array(names, pa.string()))
+        return kept.filter(pa.array([n is not None for n in names], type=pa.bool_()))
 
     return rows.map_batches(keep, batch_format="pyarrow", batch_size=None, num_cpus=READ_CPUS)
 

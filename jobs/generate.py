@@ -67,6 +67,7 @@ class GeneratorCaller:
     def __call__(self, batch: pa.Table) -> pa.Table:
         tok, s = self.tokenizer, self.sampling
         pids = batch.column("prompt_id").to_pylist()
+        splits = batch.column("split").to_pylist()
         messages = [json.loads(m) for m in batch.column("messages").to_pylist()]
         reals = batch.column("real").to_pylist()
         prompts = [truncate_prompt(encode_prompt(tok, m), self.max_prompt_length) for m in messages]
@@ -99,6 +100,7 @@ class GeneratorCaller:
         return pa.table(
             {
                 "prompt_id": pids,
+                "split": splits,
                 "iteration": [self.iteration] * n,
                 "model_version": [self.model_version] * n,
                 "prompt": [tok.decode(p) for p in prompts],  # the rendered template, as truncated
@@ -190,12 +192,13 @@ def run_generate(ctx: IterationContext, stage: Stage) -> dict[str, Any]:
     )
     if not selection.train:
         raise ValueError(f"no usable SFT rows in {cfg.data.path or cfg.data.source} ({len(bad)} unusable)")
-    stage.update(0, len(selection.train))
     app_name = generator_app_name(cfg)
     serve_model(generator_args(ctx), app_name, ctx.model_uri, ctx.k)
     generator = generator_info(app_name)
+    split = {(r.source, r.row): "train" for r in selection.train}
+    split |= {(r.source, r.row): "held_out" for r in selection.held_out}
     generations = generation_dataset(
-        keep_rows(rows, selection.train),
+        keep_rows(rows, split),
         tokenizer_path=ctx.model_uri,
         app_name=app_name,
         deployment_name=DEPLOYMENT_NAME,
@@ -217,8 +220,10 @@ def run_generate(ctx: IterationContext, stage: Stage) -> dict[str, Any]:
         "held_out_prompts": len(selection.held_out),
         "generator": generator.model_dump() if generator else None,
     }
+    expected = len(selection.train) + len(selection.held_out)
+    stage.update(0, expected)
     rows_written = write_records(generations, storage, path, GENERATION_SCHEMA, meta=meta, on_rows=stage.update)
-    if rows_written != len(selection.train):
+    if rows_written != expected:
         storage.discard(path)
-        raise RuntimeError(f"generated {rows_written} records for {len(selection.train)} prompts")
+        raise RuntimeError(f"generated {rows_written} records for {expected} prompts")
     return storage.marker(path)

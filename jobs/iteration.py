@@ -2,8 +2,10 @@
 
     generate  the generator (model k) answers a seeded sample of SFT prompts       → iter_k/generations/
     score     model k's log-probs of the real and generated answers (reference)   → iter_k/pairs/
+    baseline  (iteration 0, with held-out prompts) the SFT model's own held-out scores
     train     Ray Train FSDP2 workers minimise the SPIN loss, publishing model k+1 → iter_k/model/
-    publish   the generator moves to model k+1 without a restart
+    publish   the generator moves to model k+1 (the best evaluated checkpoint) without a restart
+    evaluate  model k+1's greedy answers to the held-out prompts: task metric, answer length
     record    what was measured                                                    → iter_k/metrics.json
 
 Each stage's output is committed atomically and skipped when already complete, so a re-run resumes where
@@ -20,6 +22,7 @@ from jobs.chat import pad_id
 from jobs.config import SpinConfig
 from jobs.context import IterationContext
 from jobs.generate import generator_app_name, generator_args, run_generate
+from jobs.held_out import evaluate_served_model, reference_nll
 from jobs.modeling import load_tokenizer
 from jobs.progress import Progress, StatusSink
 from jobs.score import run_score
@@ -40,16 +43,29 @@ def run_iteration(cfg: SpinConfig, k: int, progress: Progress | None = None) -> 
     progress.sinks.append(status)
     pad = pad_id(load_tokenizer(ctx.model_dir))
 
+    app, evaluating = generator_app_name(cfg), cfg.data.held_out_prompts > 0
+    extra: dict[str, Any] = {}
+
     with progress.stage("generate") as stage:
         generation = run_generate(ctx, stage)
     with progress.stage("score") as stage:
         scoring = run_score(ctx, stage, pad)
+    if evaluating and k == 0:
+        with progress.stage("baseline") as stage:  # the SFT model's own scores, which SPIN must beat
+            serve_model(generator_args(ctx), app, ctx.model_uri, 0)
+            extra["baseline"] = evaluate_served_model(ctx, app, 0, stage) | {"nll/real": reference_nll(ctx)}
     with progress.stage("train") as stage:
         training = run_train(ctx, stage, pad)
     with progress.stage("publish", total=1) as stage:
         # The generator moves to model k+1 in place: the next iteration samples from it.
-        serve_model(generator_args(ctx), generator_app_name(cfg), ctx.storage.uri_of(ctx.path("model")), k + 1)
+        serve_model(generator_args(ctx), app, ctx.storage.uri_of(ctx.path("model")), k + 1)
         stage.update(1)
+    if evaluating:
+        with progress.stage("evaluate") as stage:
+            extra["evaluation"] = evaluate_served_model(ctx, app, k + 1, stage) | {
+                "selected_step": (training["selected"] or {}).get("step"),
+                "diagnostics": _diagnostics(training["selected"]),
+            }
 
     metrics = {
         "iteration": k,
@@ -61,6 +77,15 @@ def run_iteration(cfg: SpinConfig, k: int, progress: Progress | None = None) -> 
         "generate": generation,
         "score": scoring,
         "train": training,
+        **extra,
     }
     ctx.storage.write_json(metrics_path, metrics)
     return metrics
+
+
+def _diagnostics(selected: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Held-out SPIN diagnostics of the published model against this iteration's reference."""
+    if not selected:
+        return None
+    keys = ("rewards/accuracies", "rewards/margins", "margin", "nll/real", "gain/real", "gain/generated", "loss")
+    return {key: selected[key] for key in keys if key in selected}

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from jobs.storage import RunStorage
 
 logger = logging.getLogger("spin")
+SHOWN = ("loss", "margin", "acc", "tokens_per_s")  # progress info worth a place on a progress bar
 
 
 class Sink(Protocol):
@@ -143,7 +144,8 @@ class RichSink:
         self.tasks[stage] = self.bars.add_task(stage, total=total, info="")
 
     def update(self, stage: str, completed: int, total: int | None, info: dict[str, Any]) -> None:
-        text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items())
+        shown = {k: v for k, v in info.items() if k in SHOWN}
+        text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
         self.bars.update(self.tasks[stage], completed=completed, total=total, info=text)
 
     def end(self, stage: str, seconds: float | None, error: str | None) -> None:

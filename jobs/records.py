@@ -24,6 +24,7 @@ SFT_ROW_SCHEMA = pa.schema(
 GENERATION_SCHEMA = pa.schema(
     [
         ("prompt_id", pa.string()),
+        ("split", pa.string()),  # "train", or "held_out" (evaluated on, never trained on)
         ("iteration", pa.int32()),
         ("model_version", pa.int32()),
         ("prompt", pa.string()),  # rendered with the chat template

@@ -114,6 +114,10 @@ class RunStorage:
         with self.fs.open_input_stream(path) as f:
             return json.loads(f.read().decode())
 
+    def local_path(self, path: str) -> str:
+        """A local folder holding the storage folder `path` (itself for local storage, else a download)."""
+        return local_copy(self.uri_of(path))
+
     def exists(self, path: str) -> bool:
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
 

@@ -4,8 +4,11 @@ Each worker loads the starting model, shards it with FSDP2 `fully_shard` (per de
 root), streams its share of the pairs from `get_dataset_shard`, and minimises the SPIN loss against the
 stored reference log-probs. Metrics are reduced over all ranks. Every `checkpoint_every_steps` steps the
 sharded model and optimizer go to a resumable checkpoint (torch.distributed.checkpoint); a restarted
-worker group (FailureConfig) resumes from it and skips the micro-batches already consumed. At the end,
-rank 0 gathers the full weights and publishes a Hugging Face checkpoint.
+worker group (FailureConfig) resumes from it and skips the micro-batches already consumed.
+
+With held-out pairs, the policy is evaluated at step 0, every `eval.every_steps` and at the end; the best
+evaluation's weights are kept, the guard may lower the lr or end the iteration, and the best (not the
+last) model is what gets published as a Hugging Face checkpoint.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ import torch
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict
 
-from jobs.config import ResolvedIteration, TrainConfig
-from jobs.spin import collate_pairs, metrics_from_sums
+from jobs.config import EvalConfig, ResolvedIteration, TrainConfig
+from jobs.evaluate import greedy_tokens, held_out_diagnostics, task_metric
+from jobs.spin import GainGuard, PairBatch, collate_pairs, metrics_from_sums
 from jobs.spin.schedule import StepPlan, lr_multiplier
 from jobs.storage import RunStorage, local_copy
 from jobs.train_step import make_optimizer, spin_forward
@@ -40,12 +44,15 @@ class TrainJob(BaseModel):
 
     model_uri: str  # the starting policy, which is also the reference
     storage_uri: str
-    output_path: str  # where the final Hugging Face checkpoint is committed, in storage_uri's filesystem
+    output_path: str  # where the published Hugging Face checkpoint goes, in storage_uri's filesystem
+    best_dir: str  # where the best evaluated weights wait, one folder per step (best/step_<n>)
     save_dtype: str
     train: TrainConfig
+    eval: EvalConfig
     iteration: ResolvedIteration
     num_pairs: int
     pad_id: int
+    held_out: bool
 
 
 def _shard_model(model: torch.nn.Module, device: torch.device, world_size: int, bf16: bool) -> None:
@@ -89,22 +96,27 @@ def _load_checkpoint(checkpoint: Any, model: Any, optimizer: Any, scheduler: Any
     return dict(state)
 
 
-def _publish_model(model: Any, job: TrainJob, source_dir: str) -> None:
-    """Gather the full weights (a collective) and let rank 0 commit the Hugging Face checkpoint."""
+def _export(model: Any, job: TrainJob, source_dir: str, path: str, meta: dict[str, Any]) -> None:
+    """Gather the full weights (a collective) and let rank 0 commit them as a Hugging Face checkpoint."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from jobs.modeling import save_hf_checkpoint
 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if ray.train.get_context().get_world_rank() == 0:
-        storage = RunStorage(job.storage_uri)
         with tempfile.TemporaryDirectory() as tmp:
             save_hf_checkpoint(full, source_dir, tmp, job.save_dtype)
-            storage.upload_dir(tmp, job.output_path, {"iteration": job.iteration.index, "pairs": job.num_pairs})
+            RunStorage(job.storage_uri).upload_dir(tmp, path, meta)
     dist.barrier()
 
 
-def _collate(batch: pa.Table, pad_id: int, device: torch.device) -> Any:
+def _scalar(value: Any) -> float | None:
+    if value is None:
+        return None
+    return float(value.full_tensor() if hasattr(value, "full_tensor") else value)  # DTensor under FSDP
+
+
+def _collate(batch: pa.Table, pad_id: int, device: torch.device) -> PairBatch:
     return collate_pairs(
         batch.column("prompt_ids").to_pylist(),
         batch.column("real_ids").to_pylist(),
@@ -113,6 +125,72 @@ def _collate(batch: pa.Table, pad_id: int, device: torch.device) -> Any:
         ref_logps_real=batch.column("ref_logp_real").to_pylist(),
         ref_logps_generated=batch.column("ref_logp_generated").to_pylist(),
     ).to(device)
+
+
+class HeldOutEvaluator:
+    """The held-out pairs, loaded once; every rank evaluates all of them so FSDP's collectives line up."""
+
+    def __init__(self, job: TrainJob, source_dir: str, device: torch.device):
+        from jobs.modeling import load_tokenizer
+
+        rows = pa.concat_tables(
+            list(ray.train.get_dataset_shard("held_out").iter_batches(batch_size=None, batch_format="pyarrow"))
+        )
+        self.job, self.tokenizer = job, load_tokenizer(source_dir)
+        step = job.train.micro_batch_size
+        self.batches = [_collate(rows.slice(i, step), job.pad_id, device) for i in range(0, rows.num_rows, step)]
+        n = min(job.eval.prompts_during_training, rows.num_rows)
+        self.prompts = rows.column("prompt_ids").to_pylist()[:n]
+        self.reals = rows.column("real").to_pylist()[:n]
+
+    def __call__(self, model: Any) -> dict[str, float]:
+        job, it = self.job, self.job.iteration
+        metrics = held_out_diagnostics(model, self.batches, beta=it.beta, loss_type=it.loss_type)
+        if job.eval.task != "none":
+            eos = self.tokenizer.eos_token_id
+            answers = greedy_tokens(model, self.prompts, job.eval.max_new_tokens, job.pad_id, eos)
+            texts = [self.tokenizer.decode(a, skip_special_tokens=True) for a in answers]
+            metrics |= task_metric(texts, self.reals, job.eval.answer_pattern)
+        shared = [metrics]
+        dist.broadcast_object_list(shared, src=0)  # every rank acts on the same numbers
+        return dict(shared[0])
+
+
+def _evaluate(
+    evaluator: HeldOutEvaluator, model: Any, job: TrainJob, source_dir: str, state: dict[str, Any], guard: GainGuard
+) -> None:
+    """Evaluate at the current step, keep the weights if they are the best so far, and consult the guard."""
+    step = state["step"]
+    metrics = evaluator(model)
+    state["evals"].append({"step": step, **metrics})
+    score = metrics["task_metric"] if job.eval.task != "none" else -metrics["nll/real"]
+    best = state["best"]
+    if best is None or score > best["score"]:
+        path = f"{job.best_dir}/step_{step}" if step > 0 and job.eval.select_best else None
+        if path:  # step 0's weights are the starting model, already stored
+            _export(model, job, source_dir, path, {"step": step, "score": score})
+        state["best"] = {"step": step, "score": score, "path": path, **metrics}
+    if step > 0:
+        action = guard.observe(step, metrics["gain/real"])
+        if action == "lower_lr":
+            state["lr_scale"] *= job.train.guard.lr_factor
+        elif action == "stop":
+            state["stopped_early_at"] = step
+        state["guard"] = {"negatives": guard.negatives, "fired_at": guard.fired_at}
+
+
+def _publish(model: Any, job: TrainJob, source_dir: str, state: dict[str, Any]) -> None:
+    """The best evaluated weights (or the last, without evaluation) become the iteration's model."""
+    meta = {"iteration": job.iteration.index, "pairs": job.num_pairs, "step": state["step"]}
+    best = state["best"]
+    if not (job.eval.select_best and best is not None) or best["step"] == state["step"]:
+        _export(model, job, source_dir, job.output_path, meta)
+        return
+    if ray.train.get_context().get_world_rank() == 0:
+        storage = RunStorage(job.storage_uri)
+        source = storage.local_path(best["path"]) if best["path"] else source_dir
+        storage.upload_dir(source, job.output_path, meta | {"step": best["step"], "selected": "best"})
+    dist.barrier()
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -134,28 +212,55 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model.train()
     optimizer = make_optimizer(model.parameters(), t.optimizer, it.learning_rate, t.weight_decay)
     plan = StepPlan(job.num_pairs, world, t.micro_batch_size, t.accumulation_steps, it.epochs)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_multiplier(plan.total_steps, t.warmup_ratio, t.lr_scheduler)
-    )
-    state: dict[str, Any] = {"step": 0, "history": [], "resumed_at": []}
+    state: dict[str, Any] = {
+        "step": 0,
+        "history": [],
+        "resumed_at": [],
+        "evals": [],
+        "best": None,
+        "lr_scale": 1.0,
+        "stopped_early_at": None,
+        "guard": {"negatives": 0, "fired_at": []},
+    }
+    base = lr_multiplier(plan.total_steps, t.warmup_ratio, t.lr_scheduler)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: base(s) * state["lr_scale"])
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:  # a restarted worker group: carry on after the last checkpointed step
-        state = _load_checkpoint(checkpoint, model, optimizer, scheduler)
+        state.update(_load_checkpoint(checkpoint, model, optimizer, scheduler))
         state["resumed_at"].append(state["step"])
+    guard = GainGuard(
+        t.guard.action,
+        t.guard.patience,
+        t.guard.threshold,
+        t.guard.lr_factor,
+        state["guard"]["negatives"],
+        list(state["guard"]["fired_at"]),
+    )
+    evaluator = HeldOutEvaluator(job, source_dir, device) if job.held_out else None
+    if evaluator and not state["evals"]:
+        _evaluate(evaluator, model, job, source_dir, state, guard)
 
     shard = ray.train.get_dataset_shard("train")
     sums = torch.zeros(0)
     for epoch in range(it.epochs):
-        if state["step"] >= (epoch + 1) * plan.steps_per_epoch:
-            continue  # finished before a restart
+        if state["stopped_early_at"] is not None or state["step"] >= (epoch + 1) * plan.steps_per_epoch:
+            continue  # finished before a restart, or stopped by the guard
         step_start, tokens = time.perf_counter(), 0
         batches = shard.iter_batches(batch_size=t.micro_batch_size, batch_format="pyarrow", prefetch_batches=1)
         for i, raw in enumerate(batches):
+            if state["stopped_early_at"] is not None:
+                break
             if plan.step_of(epoch, i) < state["step"]:
                 continue  # consumed before a restart
             batch = _collate(raw, job.pad_id, device)
             loss, batch_sums = spin_forward(
-                model, batch, beta=it.beta, loss_type=it.loss_type, loss_scale=1.0 / plan.pairs_in_step(i)
+                model,
+                batch,
+                beta=it.beta,
+                loss_type=it.loss_type,
+                loss_scale=1.0 / plan.pairs_in_step(i),
+                real_nll_weight=t.real_nll_weight,
+                length_normalize=t.length_normalize,
             )
             loss.backward()
             sums = batch_sums if not len(sums) else sums + batch_sums
@@ -169,24 +274,33 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             optimizer.zero_grad(set_to_none=True)
             reduced = torch.cat([sums, torch.tensor([float(tokens)], dtype=torch.float64, device=sums.device)])
             dist.all_reduce(reduced)
-            elapsed = time.perf_counter() - step_start
             state["step"] += 1
             metrics = {
                 "step": state["step"],
                 "epoch": epoch,
                 "learning_rate": lr,
                 **metrics_from_sums(reduced[:-1]),
-                "tokens_per_s": float(reduced[-1]) / elapsed,
-                "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-                if grad_norm is not None
-                else None,
+                "tokens_per_s": float(reduced[-1]) / (time.perf_counter() - step_start),
+                "grad_norm": _scalar(grad_norm),
             }
             state["history"].append(metrics)
             if rank == 0 and progress is not None:
-                progress.put_nowait({"step": state["step"], "total_steps": plan.total_steps, **metrics})
-            if state["step"] % t.checkpoint_every_steps == 0 or state["step"] == plan.total_steps:
+                progress.put_nowait({"total_steps": plan.total_steps, **metrics})
+            last = state["step"] == plan.total_steps
+            improved = False
+            if evaluator and ((job.eval.every_steps and state["step"] % job.eval.every_steps == 0) or last):
+                previous = state["best"]
+                _evaluate(evaluator, model, job, source_dir, state, guard)
+                improved = state["best"] is not previous
+            # A new best, or a guard decision, is checkpointed at once so a restart agrees with it.
+            if (
+                improved
+                or last
+                or state["stopped_early_at"] is not None
+                or state["step"] % t.checkpoint_every_steps == 0
+            ):
                 _save_checkpoint(model, optimizer, scheduler, state, metrics)
             sums, tokens, step_start = torch.zeros(0), 0, time.perf_counter()
-    if state["step"] != plan.total_steps:
+    if state["stopped_early_at"] is None and state["step"] != plan.total_steps:
         raise RuntimeError(f"rank {rank} ran {state['step']} steps, expected {plan.total_steps}")
-    _publish_model(model, job, source_dir)
+    _publish(model, job, source_dir, state)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from jobs.spin import PairBatch, pair_metric_sums, sequence_logps, spin_loss
+from jobs.spin import PairBatch, pair_metric_sums, sequence_logps, spin_objective
 from jobs.spin.loss import LossType
 
 
@@ -28,13 +28,32 @@ def policy_logps(model: Any, batch: PairBatch) -> tuple[torch.Tensor, torch.Tens
 
 
 def spin_forward(
-    model: Any, batch: PairBatch, *, beta: float, loss_type: LossType, loss_scale: float
+    model: Any,
+    batch: PairBatch,
+    *,
+    beta: float,
+    loss_type: LossType,
+    loss_scale: float,
+    real_nll_weight: float = 0.0,
+    length_normalize: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss to back-propagate (sum of per-pair losses × loss_scale) and the batch's metric sums."""
     if batch.ref_logps_real is None or batch.ref_logps_generated is None:
         raise ValueError("the batch has no reference log-probs; run the score stage first")
-    real, generated, _ = policy_logps(model, batch)
-    out = spin_loss(real, generated, batch.ref_logps_real, batch.ref_logps_generated, beta=beta, loss_type=loss_type)
+    real, generated, tokens = policy_logps(model, batch)
+    b = batch.num_pairs
+    out = spin_objective(
+        real,
+        generated,
+        batch.ref_logps_real,
+        batch.ref_logps_generated,
+        tokens[:b],
+        tokens[b:],
+        beta=beta,
+        loss_type=loss_type,
+        length_normalize=length_normalize,
+        real_nll_weight=real_nll_weight,
+    )
     return out.losses.sum() * loss_scale, pair_metric_sums(out, real, generated, beta)
 
 

@@ -8,7 +8,7 @@ from jobs.spin.collate import PairBatch, collate_pairs, pad_sequences
 from jobs.spin.guard import GainGuard
 from jobs.spin.logprobs import sequence_logps, token_logps
 from jobs.spin.loss import LOSS_TYPES, LossType, SpinLossOutput, spin_loss, spin_objective
-from jobs.spin.metrics import METRIC_NAMES, metrics_from_sums, pair_metric_sums, real_nll
+from jobs.spin.metrics import METRIC_NAMES, answer_match, metrics_from_sums, pair_metric_sums, real_nll
 from jobs.spin.pairs import (
     PromptSelection,
     RowRef,
@@ -44,6 +44,7 @@ __all__ = [
     "training_iterations",
     "spin_objective",
     "real_nll",
+    "answer_match",
     "GainGuard",
     "IterationScores",
     "StoppingRule",

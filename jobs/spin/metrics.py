@@ -16,6 +16,8 @@ Names follow TRL's DPO trainer with SPIN's vocabulary:
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from jobs.spin.loss import SpinLossOutput
@@ -69,3 +71,18 @@ def metrics_from_sums(sums: torch.Tensor) -> dict[str, float]:
 def real_nll(policy_real: torch.Tensor, real_tokens: torch.Tensor) -> float:
     """Per-token negative log-likelihood of the real responses: −Σ log pθ(real) / Σ |real|."""
     return float(-policy_real.sum() / real_tokens.sum())
+
+
+def answer_match(predictions: list[str], references: list[str], pattern: str) -> tuple[float, int]:
+    """Exact match of final answers: the first capture of `pattern` in each prediction against the one in its
+    reference (the real response). References without an answer are left out; returns (share, counted)."""
+    regex = re.compile(pattern)
+    hits = counted = 0
+    for prediction, reference in zip(predictions, references, strict=True):
+        expected = regex.search(reference)
+        if expected is None:
+            continue
+        counted += 1
+        found = regex.search(prediction)
+        hits += found is not None and found.group(1) == expected.group(1)
+    return (hits / counted if counted else float("nan")), counted

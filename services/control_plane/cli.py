@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from jobs.progress import SHOWN
 from services.control_plane.client import TOKEN_FILE, SpinAPIError, SpinClient
 
 runs = typer.Typer(no_args_is_help=True, help="Create, launch, watch and cancel runs on a control plane.")
@@ -152,7 +153,9 @@ def watch_run(client: SpinClient, run_id: str, out: Console | None = None) -> di
                     if key not in tasks:
                         tasks[key] = bars.add_task(f"iteration {it['index']} {stage:<8}", total=p.get("total"), info="")
                     info = "  ".join(
-                        f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in (p.get("info") or {}).items()
+                        f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in (p.get("info") or {}).items()
+                        if k in SHOWN
                     )
                     bars.update(tasks[key], completed=p.get("completed") or 0, total=p.get("total"), info=info)
 

@@ -1,0 +1,65 @@
+"""Run metrics for Prometheus and the Ray dashboard, through `ray.util.metrics`.
+
+Exported by each node's metrics agent with Ray's `ray_` prefix (ray_spin_train_loss, ...), tagged with the
+run and the iteration; k8s/grafana/spin-dashboard.json charts them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# progress info key → (metric name, description)
+TRAIN_GAUGES = {
+    "loss": ("spin_train_loss", "SPIN loss of the last optimizer step, mean over all ranks"),
+    "margin": ("spin_train_margin", "(log pθ − log pref)(real) − (log pθ − log pref)(generated), last step"),
+    "reward_margin": ("spin_train_reward_margin", "β · margin, last step"),
+    "acc": ("spin_train_reward_accuracy", "share of pairs whose real reward beats the generated one, last step"),
+    "gain_real": ("spin_train_gain_real", "log pθ − log pref of the real responses, last step"),
+    "gain_generated": ("spin_train_gain_generated", "log pθ − log pref of the generated responses, last step"),
+    "tokens_per_s": ("spin_train_tokens_per_second", "training tokens per second, all ranks"),
+}
+STAGES = ("generate", "score", "baseline", "train", "publish", "evaluate")
+
+
+class MetricsSink:
+    """A progress sink that mirrors stage progress and training metrics into Ray metrics."""
+
+    def __init__(self, run: str, iteration: int):
+        from ray.util.metrics import Gauge
+
+        tags = {"run": run, "iteration": str(iteration)}
+        keys = ("run", "iteration")
+
+        def gauge(name: str, description: str, extra: tuple[str, ...] = ()) -> Any:
+            g = Gauge(name, description=description, tag_keys=keys + extra)
+            g.set_default_tags(tags)
+            return g
+
+        self.iteration = Gauge("spin_iteration", description="Iteration a run is in", tag_keys=("run",))
+        self.iteration.set(iteration, tags={"run": run})
+        self.stage = gauge("spin_stage", "1 for the stage the iteration is in, else 0", ("stage",))
+        self.completed = gauge("spin_stage_completed", "Units of the current stage done", ("stage",))
+        self.total = gauge("spin_stage_total", "Units of the current stage in all", ("stage",))
+        self.pairs = gauge("spin_pairs_done", "Pairs generated in this iteration")
+        self.generation_tps = gauge("spin_generation_tokens_per_second", "Generated tokens per second")
+        self.train = {key: gauge(name, text) for key, (name, text) in TRAIN_GAUGES.items()}
+
+    def start(self, stage: str, total: int | None) -> None:
+        for name in STAGES:
+            self.stage.set(1.0 if name == stage else 0.0, tags={"stage": name})
+
+    def update(self, stage: str, completed: int, total: int | None, info: dict[str, Any]) -> None:
+        self.completed.set(completed, tags={"stage": stage})
+        if total is not None:
+            self.total.set(total, tags={"stage": stage})
+        if stage == "generate":
+            self.pairs.set(completed)
+            if "tokens_per_s" in info:
+                self.generation_tps.set(info["tokens_per_s"])
+        if stage == "train":
+            for key, value in info.items():
+                if key in self.train and value is not None:
+                    self.train[key].set(float(value))
+
+    def end(self, stage: str, seconds: float | None, error: str | None) -> None:
+        self.stage.set(0.0, tags={"stage": stage})
