@@ -61,6 +61,7 @@ def run(
     from cluster.runtime import connect
     from jobs.iteration import run_iteration
     from jobs.logs import setup_logging
+    from jobs.monitoring import MetricsSink
     from jobs.progress import LogSink, Progress, RichSink
 
     setup_logging()
@@ -73,12 +74,15 @@ def run(
         for k in todo:
             sinks = [RichSink()] if sys.stderr.isatty() else [LogSink()]
             try:
-                run_iteration(cfg, k, Progress(*sinks))
+                run_iteration(cfg, k, Progress(*sinks, MetricsSink(cfg.name, k)))
             finally:
                 for sink in sinks:
                     if isinstance(sink, RichSink):
                         sink.close()
-        finished = todo[-1] == cfg.num_iterations - 1
+            if iteration is None and _stopped_by_rule(cfg, k):
+                finished = True
+                break
+        finished = finished or todo[-1] == cfg.num_iterations - 1
     except KeyboardInterrupt:
         interrupted = True
         raise
@@ -88,6 +92,21 @@ def run(
             from jobs.generate import generator_app_name
 
             stop_serving(generator_app_name(cfg))
+
+
+def _stopped_by_rule(cfg: object, k: int) -> bool:
+    """Headless runs apply the stopping rule between iterations (the control plane does it for its runs)."""
+    import logging
+
+    from jobs.report import STOP_FILE, load_run, stop_decision
+    from jobs.storage import RunStorage
+
+    decision = stop_decision(cfg.stopping, load_run(cfg.storage_uri).iterations)  # type: ignore[attr-defined]
+    if decision.stop:
+        storage = RunStorage(cfg.storage_uri)  # type: ignore[attr-defined]
+        storage.write_json(storage.path(STOP_FILE), {"after_iteration": k, "reason": decision.reason})
+        logging.getLogger("spin").info("run stopped by its stopping rule", extra={"reason": decision.reason})
+    return decision.stop
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -103,6 +122,32 @@ def server(
 ) -> None:
     """Run the control plane (REST API at /, OpenAPI at /docs)."""
     serve_control_plane(host, port, local_ray, num_cpus)
+
+
+@app.command()
+def report(
+    run: Annotated[str, typer.Argument(help="A run id (asked of the control plane) or the run's storage URI.")],
+    out: Annotated[Path | None, typer.Option(help="Folder for report.json and the plots.")] = None,
+) -> None:
+    """Print the run's table (each model against the SFT model) and write report.json and PNG plots."""
+    from rich.console import Console
+
+    from jobs.report import load_run, report_rows, rich_table, write_report
+
+    storage_uri = run
+    if "/" not in run:
+        from services.control_plane.client import SpinClient
+
+        storage_uri = SpinClient().get_run(run)["storage_uri"]
+    record = load_run(storage_uri)
+    if not record.iterations:
+        raise typer.BadParameter(f"no finished iteration in {storage_uri}", param_hint="RUN")
+    console = Console()
+    console.print(rich_table(report_rows(record), title=f"SPIN report: {storage_uri}"))
+    if record.stopped:
+        console.print(f"stopped after iteration {record.stopped['after_iteration']}: {record.stopped['reason']}")
+    for path in write_report(record, out or Path(storage_uri.split("://")[-1]) / "report"):
+        console.print(f"wrote {path}")
 
 
 @app.command("tiny-model")

@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 # progress info key → (metric name, description)
+# Descriptions stay ASCII: Ray encodes them as ASCII in the metrics agent.
 TRAIN_GAUGES = {
     "loss": ("spin_train_loss", "SPIN loss of the last optimizer step, mean over all ranks"),
-    "margin": ("spin_train_margin", "(log pθ − log pref)(real) − (log pθ − log pref)(generated), last step"),
-    "reward_margin": ("spin_train_reward_margin", "β · margin, last step"),
+    "margin": ("spin_train_margin", "(log p_theta - log p_ref)(real) - (same)(generated), last step"),
+    "reward_margin": ("spin_train_reward_margin", "beta * margin, last step"),
     "acc": ("spin_train_reward_accuracy", "share of pairs whose real reward beats the generated one, last step"),
-    "gain_real": ("spin_train_gain_real", "log pθ − log pref of the real responses, last step"),
-    "gain_generated": ("spin_train_gain_generated", "log pθ − log pref of the generated responses, last step"),
+    "gain_real": ("spin_train_gain_real", "log p_theta - log p_ref of the real responses, last step"),
+    "gain_generated": ("spin_train_gain_generated", "log p_theta - log p_ref of the generated responses, last step"),
     "tokens_per_s": ("spin_train_tokens_per_second", "training tokens per second, all ranks"),
 }
 STAGES = ("generate", "score", "baseline", "train", "publish", "evaluate")

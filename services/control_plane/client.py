@@ -18,7 +18,7 @@ import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TOKEN_FILE = Path(".cache/spin-control/token")
-FINAL_RUN_STATES = {"idle", "completed", "failed", "cancelled", "created"}
+FINAL_RUN_STATES = {"idle", "completed", "stopped", "failed", "cancelled", "created"}
 
 
 class SpinAPIError(RuntimeError):

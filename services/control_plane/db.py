@@ -21,6 +21,7 @@ class RunState(enum.StrEnum):
     RUNNING = "running"  # an iteration is queued or running
     IDLE = "idle"  # iterations done so far succeeded; more may be launched
     COMPLETED = "completed"  # every configured iteration succeeded
+    STOPPED = "stopped"  # the stopping rule ended the run early (see stop_reason)
     FAILED = "failed"
     CANCELLED = "cancelled"
 
@@ -32,6 +33,7 @@ class IterationState(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # queued, then not run because the stopping rule ended the run
 
 
 ACTIVE_ITERATION_STATES = (IterationState.PENDING, IterationState.SUBMITTED, IterationState.RUNNING)
@@ -61,6 +63,7 @@ class Run(Base):
     num_iterations: Mapped[int] = mapped_column(Integer)
     state: Mapped[RunState] = mapped_column(Enum(RunState, native_enum=False, length=16), default=RunState.CREATED)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    stop_reason: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     iterations: Mapped[list[Iteration]] = relationship(

@@ -17,7 +17,7 @@ from services.control_plane import errors
 from services.control_plane.db import make_engine, make_sessionmaker
 from services.control_plane.launcher import RayJobLauncher
 from services.control_plane.reconciler import Reconciler
-from services.control_plane.routes import health, runs
+from services.control_plane.routes import health, page, runs
 from services.control_plane.settings import Settings
 
 logger = logging.getLogger("spin.control_plane")
@@ -102,6 +102,7 @@ def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> F
     errors.register(app)
     app.include_router(health.router)
     app.include_router(runs.router)
+    app.include_router(page.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
 

@@ -10,26 +10,36 @@ deterministic and everything is re-read each pass, a restarted control plane sim
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
+from jobs.config import SpinConfig
+from jobs.report import STOP_FILE, stop_decision
 from jobs.storage import RunStorage
 from services.control_plane.db import Iteration, IterationState, Run, RunState, utcnow
 from services.control_plane.errors import Unavailable
 from services.control_plane.launcher import RayJobLauncher, submission_id
-from services.control_plane.store import active_iterations, settle_run
+from services.control_plane.store import active_iterations, settle_run, stop_run
 
 logger = logging.getLogger("spin.control_plane")
 
 CONFIG_FILE = "config.yaml"
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*:")
 
 
 def config_uri(run: Run) -> str:
     storage = RunStorage(run.storage_uri)
     return storage.uri_of(storage.path(CONFIG_FILE))
+
+
+def failure_summary(message: str | None, log_tail: str) -> str:
+    """The line that says what went wrong: the job's last exception, else Ray's message."""
+    exceptions = [line.strip() for line in log_tail.splitlines() if EXCEPTION_LINE.match(line.strip())]
+    return exceptions[-1] if exceptions else (message or "the job failed without a message").strip()
 
 
 class Reconciler:
@@ -94,12 +104,23 @@ class Reconciler:
                 return
             it.metrics, it.state, it.stage, it.finished_at = metrics, IterationState.SUCCEEDED, None, utcnow()
             logger.info("iteration succeeded", extra={"run": run.id, "iteration": it.index})
+            self._apply_stopping_rule(run)
         elif status.status == "FAILED":
-            detail = (status.message or "").strip()
             tail = self.launcher.logs_tail(it.job_id, 15)
-            self._retry_or_fail(run, it, f"{detail}\n{tail}".strip())
+            self._retry_or_fail(run, it, f"{failure_summary(status.message, tail)}\n{tail}".strip())
         elif status.status == "STOPPED":
             it.state, it.finished_at = IterationState.CANCELLED, utcnow()
+
+    def _apply_stopping_rule(self, run: Run) -> None:
+        cfg = SpinConfig.model_validate(run.config)
+        finished = [it.metrics for it in run.iterations if it.state == IterationState.SUCCEEDED and it.metrics]
+        decision = stop_decision(cfg.stopping, finished)
+        if decision.stop and decision.reason:
+            stop_run(run, decision.reason)
+            storage = RunStorage(run.storage_uri)
+            after = max(it.index for it in run.iterations if it.state == IterationState.SUCCEEDED)
+            storage.write_json(storage.path(STOP_FILE), {"after_iteration": after, "reason": decision.reason})
+            logger.info("run stopped by its stopping rule", extra={"run": run.id, "reason": decision.reason})
 
     def _retry_or_fail(self, run: Run, it: Iteration, error: str) -> None:
         it.error = error[-4000:]

@@ -48,6 +48,7 @@ class RunPublic(BaseModel):
     storage_uri: str
     num_iterations: int
     error: str | None
+    stop_reason: str | None
     created_at: datetime
     updated_at: datetime
     config: dict[str, Any]

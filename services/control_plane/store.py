@@ -64,6 +64,8 @@ def launch(session: Session, run: Run, count: int) -> list[Iteration]:
     if active_iterations(run):
         raise Conflict(f"run {run.id} already has an iteration queued or running; wait for it or cancel the run")
     done = sum(1 for it in run.iterations if it.state == IterationState.SUCCEEDED)
+    if run.state == RunState.STOPPED:
+        raise Conflict(f"run {run.id} was stopped by its stopping rule: {run.stop_reason}")
     if done + count > run.num_iterations:
         raise Invalid(
             f"run {run.id} has {run.num_iterations} iteration(s) and {done} already succeeded; "
@@ -85,7 +87,7 @@ def launch(session: Session, run: Run, count: int) -> list[Iteration]:
 
 def cancel(run: Run) -> list[Iteration]:
     """Mark the run's active iterations cancelled; returns those that had a job to stop."""
-    if run.state in (RunState.COMPLETED, RunState.CANCELLED) and not active_iterations(run):
+    if run.state in (RunState.COMPLETED, RunState.CANCELLED, RunState.STOPPED) and not active_iterations(run):
         raise Conflict(f"run {run.id} is {run.state.value}; there is nothing to cancel")
     stopped = []
     for it in active_iterations(run):
@@ -102,8 +104,17 @@ def delete_run(session: Session, run: Run) -> None:
     session.delete(run)
 
 
+def stop_run(run: Run, reason: str) -> None:
+    """The stopping rule fired: skip the queued iterations and record why."""
+    for it in active_iterations(run):
+        it.state, it.finished_at = IterationState.SKIPPED, utcnow()
+    run.state, run.stop_reason = RunState.STOPPED, reason
+
+
 def settle_run(run: Run) -> None:
     """Derive the run's state once none of its iterations is active."""
+    if run.state == RunState.STOPPED:
+        return
     if active_iterations(run):
         run.state = RunState.RUNNING
         return

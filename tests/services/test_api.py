@@ -81,6 +81,7 @@ def test_health_and_openapi(api):
         "/runs/{run_id}/iterations/{index}",
         "/runs/{run_id}/launch",
         "/runs/{run_id}/cancel",
+        "/runs/{run_id}/plots/{name}.png",
     }
     assert api.get("/docs").status_code == 200
 
@@ -205,9 +206,11 @@ def test_launch_conflicts_failures_and_retries_through_ray_jobs(api, roots):
     run = wait_for(api, run_id, lambda r: r["state"] == "failed")
     first, second = run["iterations"]
     assert first["state"] == "failed" and first["attempts"] == 2 and first["job_id"].endswith("-iter0-try2")
-    assert "no-such-model is not a Hugging Face checkpoint (no config.json)" in first["error"]
+    assert first["error"].startswith("FileNotFoundError: model.path")
+    assert first["error"].startswith("FileNotFoundError: model.path")
+    assert "no-such-model is not a Hugging Face checkpoint (no config.json)" in first["error"].splitlines()[0].splitlines()[0]
     assert second["state"] == "cancelled"
-    assert run["error"].startswith("iteration 0 failed")
+    assert run["error"].startswith("iteration 0 failed: FileNotFoundError: model.path")
     one = api.get(f"/runs/{run_id}/iterations/0").json()
     assert one["state"] == "failed" and api.get(f"/runs/{run_id}/iterations/7").status_code == 404
 
