@@ -123,6 +123,7 @@ def start_head(
     object_store_memory: int | None = None,
     port: int = 6379,
     dashboard_port: int = 8265,
+    metrics_port: int = 8080,
     timeout_s: float = 120.0,
 ) -> str:
     """Start a local Ray head (GCS, dashboard with the Jobs API, all on 127.0.0.1) unless one answers on
@@ -151,6 +152,7 @@ def start_head(
         "--include-dashboard=true",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard_port}",
+        f"--metrics-export-port={metrics_port}",
         "--disable-usage-stats",
     ]
     if num_cpus is not None:

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 NAMES = (
     "Mia",
@@ -36,6 +37,7 @@ NAMES = (
 )
 ITEMS = ("pens", "apples", "books", "coins", "cards", "shells", "stamps", "marbles", "stickers", "cookies")
 ANSWER = re.compile(r"The answer is (-?\d+)")
+Style = Literal["equation", "answer"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class Problem:
         }
 
 
-def _problem(rng: random.Random) -> Problem:
+def _problem(rng: random.Random, style: Style) -> Problem:
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     kind = rng.choice(("add", "subtract", "multiply", "divide"))
     if kind == "add":
@@ -79,11 +81,15 @@ def _problem(rng: random.Random) -> Problem:
         b, c = rng.randint(2, 12), rng.randint(2, 12)
         a, op = b * c, "/"
         q = f"{name} shares {a} {item} equally among {b} friends. How many {item} does each friend get?"
-    return Problem(q, f"{a} {op} {b} = {c}. The answer is {c}.", c)
+    solution = f"{a} {op} {b} = {c}. The answer is {c}." if style == "equation" else f"The answer is {c}."
+    return Problem(q, solution, c)
 
 
-def make_problems(n: int, seed: int, exclude: Iterable[Problem] = ()) -> list[Problem]:
-    """`n` distinct problems from `seed`, none of whose questions appear in `exclude`."""
+def make_problems(n: int, seed: int, exclude: Iterable[Problem] = (), style: Style = "equation") -> list[Problem]:
+    """`n` distinct problems from `seed`, none of whose questions appear in `exclude`.
+
+    style "equation" answers "47 + 38 = 85. The answer is 85."; "answer" answers "The answer is 85."
+    """
     rng = random.Random(seed)
     seen = {p.question for p in exclude}
     out: list[Problem] = []
@@ -92,7 +98,7 @@ def make_problems(n: int, seed: int, exclude: Iterable[Problem] = ()) -> list[Pr
         attempts += 1
         if attempts > 50 * n + 1000:
             raise ValueError(f"could not draw {n} distinct problems; the template space is too small")
-        p = _problem(rng)
+        p = _problem(rng, style)
         if p.question not in seen:
             seen.add(p.question)
             out.append(p)

@@ -61,7 +61,6 @@ def run(
     from cluster.runtime import connect
     from jobs.iteration import run_iteration
     from jobs.logs import setup_logging
-    from jobs.monitoring import MetricsSink
     from jobs.progress import LogSink, Progress, RichSink
 
     setup_logging()
@@ -74,7 +73,7 @@ def run(
         for k in todo:
             sinks = [RichSink()] if sys.stderr.isatty() else [LogSink()]
             try:
-                run_iteration(cfg, k, Progress(*sinks, MetricsSink(cfg.name, k)))
+                run_iteration(cfg, k, Progress(*sinks))
             finally:
                 for sink in sinks:
                     if isinstance(sink, RichSink):
@@ -122,6 +121,25 @@ def server(
 ) -> None:
     """Run the control plane (REST API at /, OpenAPI at /docs)."""
     serve_control_plane(host, port, local_ray, num_cpus)
+
+
+@app.command()
+def baseline(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Train and evaluate the continued-SFT-at-equal-compute baseline of a run whose iterations are done."""
+    import os
+
+    from cluster.runtime import apply_env
+    from jobs.config import SpinConfig
+    from jobs.storage import read_text
+
+    cfg = SpinConfig.from_yaml_text(read_text(config), set_, source=config)
+    apply_env(local=not (os.environ.get("RAY_ADDRESS") or cfg.ray.address))
+    from cluster.runtime import connect
+    from jobs.baseline import run_continued_sft
+
+    connect(cfg.ray.address, num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory)
+    metrics = run_continued_sft(cfg)
+    typer.echo(f"continued SFT: task metric {metrics.get('task_metric')}, steps {metrics['train']['steps']}")
 
 
 @app.command()

@@ -24,6 +24,7 @@ from jobs.context import IterationContext
 from jobs.generate import generator_app_name, generator_args, run_generate
 from jobs.held_out import evaluate_served_model, reference_nll
 from jobs.modeling import load_tokenizer
+from jobs.monitoring import MetricsSink
 from jobs.progress import Progress, StatusSink
 from jobs.score import run_score
 from jobs.train import run_train
@@ -40,7 +41,7 @@ def run_iteration(cfg: SpinConfig, k: int, progress: Progress | None = None) -> 
         return dict(ctx.storage.read_json(metrics_path))
     progress = progress or Progress()
     status = StatusSink(ctx.storage, k)
-    progress.sinks.append(status)
+    progress.sinks += [status, MetricsSink(cfg.name, k)]
     pad = pad_id(load_tokenizer(ctx.model_dir))
 
     app, evaluating = generator_app_name(cfg), cfg.data.held_out_prompts > 0

@@ -20,6 +20,15 @@ TRAIN_GAUGES = {
     "tokens_per_s": ("spin_train_tokens_per_second", "training tokens per second, all ranks"),
 }
 STAGES = ("generate", "score", "baseline", "train", "publish", "evaluate")
+OTHER_GAUGES = {
+    "spin_iteration": "Iteration a run is in",
+    "spin_stage": "1 for the stage the iteration is in, else 0",
+    "spin_stage_completed": "Units of the current stage done",
+    "spin_stage_total": "Units of the current stage in all",
+    "spin_pairs_done": "Pairs generated in this iteration",
+    "spin_generation_tokens_per_second": "Generated tokens per second",
+}
+EXPORTED = {f"ray_{name}" for name in OTHER_GAUGES} | {f"ray_{name}" for name, _ in TRAIN_GAUGES.values()}
 
 
 class MetricsSink:
@@ -36,13 +45,14 @@ class MetricsSink:
             g.set_default_tags(tags)
             return g
 
-        self.iteration = Gauge("spin_iteration", description="Iteration a run is in", tag_keys=("run",))
+        g = OTHER_GAUGES
+        self.iteration = Gauge("spin_iteration", description=g["spin_iteration"], tag_keys=("run",))
         self.iteration.set(iteration, tags={"run": run})
-        self.stage = gauge("spin_stage", "1 for the stage the iteration is in, else 0", ("stage",))
-        self.completed = gauge("spin_stage_completed", "Units of the current stage done", ("stage",))
-        self.total = gauge("spin_stage_total", "Units of the current stage in all", ("stage",))
-        self.pairs = gauge("spin_pairs_done", "Pairs generated in this iteration")
-        self.generation_tps = gauge("spin_generation_tokens_per_second", "Generated tokens per second")
+        self.stage = gauge("spin_stage", g["spin_stage"], ("stage",))
+        self.completed = gauge("spin_stage_completed", g["spin_stage_completed"], ("stage",))
+        self.total = gauge("spin_stage_total", g["spin_stage_total"], ("stage",))
+        self.pairs = gauge("spin_pairs_done", g["spin_pairs_done"])
+        self.generation_tps = gauge("spin_generation_tokens_per_second", g["spin_generation_tokens_per_second"])
         self.train = {key: gauge(name, text) for key, (name, text) in TRAIN_GAUGES.items()}
 
     def start(self, stage: str, total: int | None) -> None:

@@ -40,27 +40,43 @@ def sft(
     model_dir: str,
     out_dir: str | Path,
     examples: Sequence[tuple[list[dict[str, str]], str]],
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Fine-tune `model_dir` on (prompt messages, response) `examples`; see `sft_on_tokens`."""
+    return sft_on_tokens(model_dir, out_dir, encode_examples(load_tokenizer(model_dir), examples), **kwargs)
+
+
+def sft_on_tokens(
+    model_dir: str,
+    out_dir: str | Path,
+    data: Sequence[tuple[list[int], list[int]]],
     *,
     steps: int,
     batch_size: int = 32,
     learning_rate: float = 1e-3,
     warmup_steps: int = 20,
+    schedule: str = "cosine",
     seed: int = 0,
     on_step: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune `model_dir` on `examples` for `steps` AdamW steps (cosine decay) and save to `out_dir`."""
+    """Fine-tune `model_dir` on (prompt ids, response ids) for `steps` AdamW steps and save to `out_dir`.
+
+    The learning rate warms up over `warmup_steps`, then decays to 0 ("cosine" or "linear").
+    """
+    if not data:
+        raise ValueError("no examples to fine-tune on")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     tokenizer = load_tokenizer(model_dir)
     model = load_causal_lm(model_dir).train()
-    data = encode_examples(tokenizer, examples)
     pad = pad_id(tokenizer)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
 
     def multiplier(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, steps - warmup_steps)))
+        progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else max(0.0, 1 - progress)
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
     order: list[int] = []

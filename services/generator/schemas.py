@@ -15,7 +15,9 @@ class GeneratorArgs(_Strict):
     """Arguments of `build_generator_app`, from Python, a Serve config file or the control plane."""
 
     model_path: str = Field(description="Hugging Face checkpoint: a local folder or a pyarrow.fs URI (copied locally).")
-    model_version: int = Field(0, ge=0, description="Iteration whose model this is; 0 is the SFT model.")
+    model_version: int = Field(
+        0, ge=-1, description="k: the model iteration k starts from (0: the SFT model); -1: a baseline."
+    )
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     max_model_len: int = Field(1024, ge=8)
     max_num_seqs: int = Field(64, ge=1)
@@ -94,4 +96,4 @@ class WeightsUpdate(_Strict):
     """The Serve `user_config` that moves a running generator to new weights."""
 
     model_path: str
-    model_version: int = Field(ge=0)
+    model_version: int = Field(ge=-1)

@@ -7,7 +7,9 @@ import pytest
 from jobs.arithmetic import make_problems, write_jsonl
 from jobs.config import SpinConfig
 
-UNIQUE = 40
+UNIQUE = 48  # prompts in the data: 40 are trained on, 8 held out
+HELD_OUT = 8
+TRAIN = UNIQUE - HELD_OUT
 BAD_LINES = ['{"prompt": "What is 2 + 2?"}', '{"prompt": "Q", "response": 4}', '{"prompt": "Q", "response": ""}']
 
 
@@ -17,7 +19,7 @@ def tiny_config(tmp_path, model_dir, data_path, **data):
             "name": "it-test",
             "storage_uri": str(tmp_path / "storage"),
             "model": {"path": model_dir, "dtype": "float32"},
-            "data": {"path": str(data_path), **data},
+            "data": {"path": str(data_path), "held_out_prompts": HELD_OUT, **data},
             "sampling": {"max_new_tokens": 24},
             "generator": {"kv_cache_memory_bytes": 64 * 2**20, "prompts_per_request": 8},
             "train": {
@@ -35,6 +37,7 @@ def tiny_config(tmp_path, model_dir, data_path, **data):
                 "epochs": 4,
                 "checkpoint_every_steps": 4,
             },
+            "eval": {"task": "answer_match", "max_new_tokens": 24, "every_steps": 8, "prompts_during_training": 8},
             "prompts_per_iteration": 64,
             "iterations": [{}],
         }
@@ -43,13 +46,13 @@ def tiny_config(tmp_path, model_dir, data_path, **data):
 
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory):
-    """40 unique prompts over a JSONL and a Parquet file; 6 rows repeat earlier prompts; 3 rows are unusable."""
+    """48 unique prompts over a JSONL and a Parquet file; 6 rows repeat earlier prompts; 3 rows are unusable."""
     root = tmp_path_factory.mktemp("data")
     problems = make_problems(UNIQUE, seed=21)
-    write_jsonl(problems[:30], root / "a.jsonl")
+    write_jsonl(problems[:36], root / "a.jsonl")
     with (root / "a.jsonl").open("a") as f:
         f.write("\n".join(BAD_LINES) + "\n")
-    rows = [p.as_row() for p in problems[30:] + problems[:6]]
+    rows = [p.as_row() for p in problems[36:] + problems[:6]]
     pq.write_table(pa.Table.from_pylist([{**r, "messages": r["messages"]} for r in rows]), root / "b.parquet")
     return root, problems
 

@@ -3,6 +3,7 @@ CPU, Ray Train with two FSDP2 workers, and the checkpoint loaded back by transfo
 
 import math
 import os
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,24 +17,32 @@ from jobs.sft_data import BadRowsError
 from jobs.spin.schedule import StepPlan
 from jobs.storage import RunStorage
 from services.generator.schemas import GenerateRequest
-from tests.integration.conftest import UNIQUE, tiny_config
+from tests.integration.conftest import HELD_OUT, TRAIN, UNIQUE, tiny_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 
 
-def read_pairs(cfg):
+def read_pairs(cfg, split="train"):
     storage = RunStorage(cfg.storage_uri)
-    return pq.read_table(storage.iteration_path(0, "pairs")).to_pylist()
+    return [p for p in pq.read_table(storage.iteration_path(0, "pairs")).to_pylist() if p["split"] == split]
 
 
 def test_one_pair_per_unique_prompt(iteration):
     cfg, metrics, problems = iteration
-    pairs = read_pairs(cfg)
-    assert len(pairs) == UNIQUE
-    assert sorted(p["prompt_id"] for p in pairs) == sorted(p.prompt_id for p in problems)
+    pairs, held_out = read_pairs(cfg), read_pairs(cfg, "held_out")
+    assert len(pairs) == TRAIN and len(held_out) == HELD_OUT
+    assert sorted(p["prompt_id"] for p in pairs + held_out) == sorted(p.prompt_id for p in problems)
     gen = metrics["generate"]
-    assert (gen["prompts"], gen["unique_prompts"], gen["duplicate_rows"], gen["bad_rows"]) == (UNIQUE, UNIQUE, 6, 3)
-    assert "a.jsonl line 31: 'response' is missing" in gen["bad_row_examples"][0]
+    assert (gen["prompts"], gen["unique_prompts"], gen["duplicate_rows"], gen["bad_rows"]) == (TRAIN, UNIQUE, 6, 3)
+    assert gen["held_out_prompts"] == HELD_OUT
+    assert "a.jsonl line 37: 'response' is missing" in gen["bad_row_examples"][0]
+
+
+def test_held_out_prompts_are_never_trained_on(iteration):
+    cfg, metrics, _ = iteration
+    held_out = {p["prompt_id"] for p in read_pairs(cfg, "held_out")}
+    assert held_out and not held_out & {p["prompt_id"] for p in read_pairs(cfg)}
+    assert metrics["train"]["pairs"] == TRAIN  # only the training split reached the trainer
 
 
 def test_pairs_use_one_chat_template_and_the_generators_tokens(iteration, sft_model_dir):
@@ -55,7 +64,7 @@ def test_pairs_use_one_chat_template_and_the_generators_tokens(iteration, sft_mo
 def test_first_step_is_exact_and_the_loss_falls(iteration):
     cfg, metrics, _ = iteration
     history = metrics["train"]["history"]
-    plan = StepPlan(UNIQUE, 2, 4, cfg.train.accumulation_steps, 4)
+    plan = StepPlan(TRAIN, 2, 4, cfg.train.accumulation_steps, 4)
     assert len(history) == plan.total_steps == 20
     first = history[0]
     assert abs(first["margin"]) < 1e-3
@@ -66,7 +75,7 @@ def test_first_step_is_exact_and_the_loss_falls(iteration):
     assert epoch_mean[-1] < epoch_mean[0] - 0.15, [round(h["loss"], 4) for h in history]
     last_epoch = [h for h in history if h["epoch"] == 3]
     assert sum(h["rewards/accuracies"] for h in last_epoch) / 5 > 0.6
-    assert set(metrics["stage_seconds"]) == {"generate", "score", "train", "publish"}
+    assert set(metrics["stage_seconds"]) == {"generate", "score", "baseline", "train", "publish", "evaluate"}
 
 
 def test_checkpoint_loads_in_transformers_and_vllm_with_the_same_greedy_tokens(iteration):
@@ -143,9 +152,9 @@ def test_bad_rows_fail_by_default_naming_them_and_nothing_is_written(ray_cluster
     text = str(e.value)
     assert "3 SFT row(s) cannot be used" in text
     for line, reason in [
-        (31, "'response' is missing"),
-        (32, "'response' must be a string, got int"),
-        (33, "'response' is empty"),
+        (37, "'response' is missing"),
+        (38, "'response' must be a string, got int"),
+        (39, "'response' is empty"),
     ]:
         assert f"a.jsonl line {line}: {reason}" in text
     assert not (tmp_path / "storage").exists() or not any((tmp_path / "storage").rglob("*"))
@@ -166,3 +175,61 @@ def test_a_failing_write_leaves_nothing_behind(ray_cluster, tmp_path):
     with pytest.raises(Exception, match="disk on fire"):
         write_records(ds, storage, storage.iteration_path(0, "pairs"), pa.schema([("id", pa.int64())]))
     assert list((tmp_path / "iter_0").iterdir()) == []
+
+
+def _weights(model_dir):
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(model_dir, "model.safetensors"))
+
+
+def test_the_published_model_is_the_best_held_out_checkpoint(iteration):
+    cfg, metrics, _ = iteration
+    train = metrics["train"]
+    evals = train["evals"]
+    assert [e["step"] for e in evals] == [0, 8, 16, 20]
+    assert abs(evals[0]["margin"]) < 1e-3 and evals[0]["task_prompts"] == HELD_OUT
+    scores = [e["task_metric"] for e in evals]
+    selected = train["selected"]
+    assert selected["step"] == evals[scores.index(max(scores))]["step"]  # the first of the best
+    assert metrics["evaluation"]["selected_step"] == selected["step"]
+    storage = RunStorage(cfg.storage_uri)
+    source = (
+        storage.iteration_path(0, "train", "best", f"step_{selected['step']}")
+        if selected["step"]
+        else (metrics["model_in"])
+    )
+    published, best = _weights(metrics["model_out"]), _weights(source)
+    assert published.keys() == best.keys() and all(published[k].equal(best[k]) for k in best)
+    # Evaluation of the published model, and the SFT model's baseline, on the same held-out prompts.
+    assert metrics["evaluation"]["held_out_prompts"] == metrics["baseline"]["held_out_prompts"] == HELD_OUT
+    assert 0.0 <= metrics["evaluation"]["task_metric"] <= 1.0 and metrics["baseline"]["nll/real"] > 0
+
+
+def test_prometheus_serves_the_runs_metrics(iteration):
+    import httpx
+
+    cfg, metrics, _ = iteration
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline:
+        text = httpx.get("http://127.0.0.1:8080/metrics", timeout=10).text
+        if "ray_spin_train_loss{" in text and "ray_spin_pairs_done{" in text:
+            break
+        time.sleep(2)
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("ray_spin_") and f'run="{cfg.name}"' in line:
+            name, value = line.split("{")[0], float(line.rsplit(" ", 1)[1])
+            samples.setdefault(name, []).append(value)
+    assert {
+        "ray_spin_iteration",
+        "ray_spin_stage",
+        "ray_spin_pairs_done",
+        "ray_spin_train_loss",
+        "ray_spin_train_reward_accuracy",
+        "ray_spin_train_reward_margin",
+        "ray_spin_train_tokens_per_second",
+        "ray_spin_generation_tokens_per_second",
+    } <= set(samples), sorted(samples)
+    assert max(samples["ray_spin_pairs_done"]) == UNIQUE
+    assert metrics["train"]["final"]["loss"] in [pytest.approx(v) for v in samples["ray_spin_train_loss"]]

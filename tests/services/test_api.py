@@ -208,7 +208,10 @@ def test_launch_conflicts_failures_and_retries_through_ray_jobs(api, roots):
     assert first["state"] == "failed" and first["attempts"] == 2 and first["job_id"].endswith("-iter0-try2")
     assert first["error"].startswith("FileNotFoundError: model.path")
     assert first["error"].startswith("FileNotFoundError: model.path")
-    assert "no-such-model is not a Hugging Face checkpoint (no config.json)" in first["error"].splitlines()[0].splitlines()[0]
+    assert (
+        "no-such-model is not a Hugging Face checkpoint (no config.json)"
+        in first["error"].splitlines()[0].splitlines()[0]
+    )
     assert second["state"] == "cancelled"
     assert run["error"].startswith("iteration 0 failed: FileNotFoundError: model.path")
     one = api.get(f"/runs/{run_id}/iterations/0").json()

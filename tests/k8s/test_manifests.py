@@ -1,0 +1,279 @@
+"""Every manifest and overlay renders, validates against the Kubernetes API schemas and the KubeRay v1.7.0 CRDs,
+names only things that exist (import paths, CLI commands, versions), and ships no secret or open door."""
+
+import copy
+import importlib
+import json
+import re
+import shlex
+import tomllib
+from functools import cache
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.k8s.kustomize import render
+
+ROOT = Path(__file__).parents[2]
+K8S = ROOT / "k8s"
+CRDS = Path(__file__).parent / "crds"
+KUSTOMIZATIONS = ["base", "overlays/cpu-small", "overlays/gpu-prod", "rayjob", "serving"]
+KUBERNETES_VERSION = "1.33.0"
+SECRET_NAME = re.compile(r"(TOKEN|PASSWORD|SECRET|ACCESS_KEY|CREDENTIAL)", re.I)
+
+
+@cache
+def rendered(name):
+    return render(K8S / name)
+
+
+def all_objects():
+    return [(name, o) for name in KUSTOMIZATIONS for o in rendered(name)]
+
+
+def _strict(schema):
+    """The CRD's structural schema, refusing unknown fields as `kubectl apply --validate=strict` does."""
+    schema = copy.deepcopy(schema)
+
+    def walk(node):
+        if isinstance(node, dict):
+            if (
+                "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
+                node["additionalProperties"] = False
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    return schema
+
+
+@cache
+def crd_schemas():
+    schemas = {}
+    for path in CRDS.glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+        schemas[crd["spec"]["names"]["kind"]] = _strict(version["schema"]["openAPIV3Schema"])
+    return schemas
+
+
+def containers(obj):
+    """Every container spec inside an object, wherever its pod templates are."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key in ("containers", "initContainers"):
+                if isinstance(node.get(key), list):
+                    found.extend(node[key])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(obj)
+    return found
+
+
+def pod_specs(obj):
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("containers"), list):
+                found.append(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(obj)
+    return found
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_every_kustomization_renders(name):
+    objects = rendered(name)
+    assert objects
+    keys = [(o["kind"], o["metadata"]["name"]) for o in objects]
+    assert len(keys) == len(set(keys)), f"duplicate objects in {name}"
+
+
+@pytest.mark.parametrize(("name", "obj"), all_objects(), ids=lambda v: v if isinstance(v, str) else v["kind"])
+def test_objects_validate_against_their_schemas(name, obj):
+    kind = obj["kind"]
+    if kind in crd_schemas():
+        assert obj["apiVersion"] == "ray.io/v1"
+        jsonschema.validate(obj, crd_schemas()[kind])
+    elif obj["apiVersion"].startswith("monitoring.coreos.com/"):
+        # The Prometheus Operator's CRDs are not vendored; check the fields it requires.
+        assert kind == "PodMonitor" and obj["spec"]["selector"]["matchLabels"]
+        assert all(e["port"] for e in obj["spec"]["podMetricsEndpoints"])
+    else:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_overlays_change_what_they_say():
+    def cluster(name):
+        return next(o for o in rendered(name) if o["kind"] == "RayCluster")
+
+    small, prod = cluster("overlays/cpu-small"), cluster("overlays/gpu-prod")
+    small_workers = [g["template"]["spec"]["containers"][0] for g in small["spec"]["workerGroupSpecs"]]
+    assert all("nvidia.com/gpu" not in c["resources"]["limits"] for c in small_workers)
+    assert all(c["image"].endswith("-cpu") for c in containers(small))
+    assert (
+        prod["spec"]["workerGroupSpecs"][1]["template"]["spec"]["containers"][0]["resources"]["limits"][
+            "nvidia.com/gpu"
+        ]
+        == "2"
+    )
+    control = next(o for o in rendered("overlays/cpu-small") if o["kind"] == "Deployment")
+    env = [e["name"] for e in control["spec"]["template"]["spec"]["containers"][0]["env"]]
+    assert env.index("POSTGRES_PASSWORD") < env.index("SPIN_DATABASE_URL")  # $(POSTGRES_PASSWORD) resolves
+    assert any(o["kind"] == "StatefulSet" for o in rendered("overlays/cpu-small"))
+    assert not any(o["kind"] == "StatefulSet" for o in rendered("overlays/gpu-prod"))
+
+
+def test_serve_import_paths_build_their_applications():
+    from ray.serve import Application
+
+    for name in KUSTOMIZATIONS:
+        for o in rendered(name):
+            if o["kind"] != "RayService":
+                continue
+            for app in yaml.safe_load(o["spec"]["serveConfigV2"])["applications"]:
+                module, _, attr = app["import_path"].partition(":")
+                builder = getattr(importlib.import_module(module), attr)
+                arg_type = next(iter(builder.__annotations__.values()))
+                from services.generator.schemas import GeneratorArgs
+
+                assert arg_type in ("GeneratorArgs", GeneratorArgs)
+                assert isinstance(builder(GeneratorArgs.model_validate(app["args"])), Application)
+
+
+def _commands():
+    """Every command line a manifest runs: container commands and RayJob entrypoints."""
+    for name, o in all_objects():
+        if o["kind"] == "RayJob":
+            yield name, o, shlex.split(o["spec"]["entrypoint"])
+        for c in containers(o):
+            if "command" in c:
+                yield name, o, c["command"] + c.get("args", [])
+
+
+def test_entrypoints_are_the_projects_cli_with_valid_options():
+    import click
+    import typer
+
+    from jobs.cli import app
+
+    cli = typer.main.get_command(app)
+    seen = 0
+    for name, obj, argv in _commands():
+        if argv[:3] != ["python", "-m", "jobs"]:
+            continue
+        seen += 1
+        command = cli.get_command(click.Context(cli), argv[3])
+        assert command is not None, f"{name}: unknown command {argv[3]!r}"
+        command.make_context(argv[3], list(argv[4:]))  # raises on unknown or malformed options
+        if obj["kind"] == "RayJob":
+            config_path = Path(argv[4])
+            mounts = {m["mountPath"]: m["name"] for c in containers(obj) for m in c.get("volumeMounts", [])}
+            volume = mounts[str(config_path.parent)]
+            config_map = next(
+                v["configMap"]["name"] for p in pod_specs(obj) for v in p.get("volumes", []) if v["name"] == volume
+            )
+            data = next(o for o in rendered(name) if o["kind"] == "ConfigMap" and o["metadata"]["name"] == config_map)
+            from jobs.config import SpinConfig
+
+            SpinConfig.from_yaml_text(data["data"][config_path.name])
+    assert seen >= 2
+
+
+def test_versions_named_in_images_and_manifests_equal_the_pins():
+    import platform
+
+    import ray
+
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    ray_pin = next(p for p in pins if p.startswith("ray[")).split("==")[1]
+    assert ray.__version__ == ray_pin
+    for _, o in all_objects():
+        spec = o.get("spec", {})
+        for cluster in (spec, spec.get("rayClusterSpec", {}), spec.get("rayClusterConfig", {})):
+            if "rayVersion" in cluster:
+                assert cluster["rayVersion"] == ray_pin
+    dockerfile = (ROOT / "cluster" / "Dockerfile").read_text()
+    assert f"ARG RAY_VERSION={ray_pin}" in dockerfile
+    python_tag = "py" + "".join(platform.python_version_tuple()[:2])
+    assert set(re.findall(r"rayproject/ray:\$\{RAY_VERSION\}-(py\d+)", dockerfile)) == {python_tag}
+    launcher = yaml.safe_load((ROOT / "cluster" / "launcher.yaml").read_text())
+    assert launcher["docker"]["image"].startswith("ghcr.io/spin-ray/spin-ray:")
+
+
+def test_no_secret_values_no_root_and_nothing_exposed():
+    for name, o in all_objects():
+        where = f"{name}: {o['kind']}/{o['metadata']['name']}"
+        assert o["kind"] != "Secret", f"{where} ships a Secret; reference one instead"
+        assert o["kind"] not in ("Ingress", "Route"), f"{where} exposes a service"
+        if o["kind"] == "Service":
+            assert o["spec"].get("type", "ClusterIP") == "ClusterIP", f"{where} is reachable from outside"
+        for c in containers(o):
+            for env in c.get("env", []):
+                if SECRET_NAME.search(env["name"]) and env["name"] != "RAY_AUTH_MODE":
+                    assert "valueFrom" in env, f"{where}: {env['name']} carries a literal value"
+            assert c["securityContext"]["allowPrivilegeEscalation"] is False, where
+            assert "resources" in c and c["resources"]["limits"] and c["resources"]["requests"], where
+        for pod in pod_specs(o):
+            assert pod["securityContext"]["runAsNonRoot"] is True, where
+        for cluster in (
+            o.get("spec", {}),
+            o.get("spec", {}).get("rayClusterSpec"),
+            o.get("spec", {}).get("rayClusterConfig"),
+        ):
+            if cluster and "headGroupSpec" in cluster:
+                assert cluster["authOptions"]["mode"] == "token", f"{where}: the dashboard needs token auth"
+                assert cluster["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP", where
+                assert not cluster["headGroupSpec"].get("enableIngress"), where
+    control = next(o for o in rendered("base") if o["kind"] == "Deployment")
+    env = {e["name"]: e for e in control["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SPIN_API_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert env["RAY_AUTH_MODE"]["value"] == "token" and env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+
+
+def test_grafana_dashboard_charts_metrics_the_code_exports():
+    from jobs.monitoring import EXPORTED as exported
+
+    dashboard = json.loads((K8S / "base" / "spin-dashboard.json").read_text())
+    used = {m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"ray_spin_\w+", t["expr"])}
+    assert used and used <= exported, used - exported
+    config_map = next(o for o in rendered("base") if o["kind"] == "ConfigMap")
+    assert json.loads(config_map["data"]["spin-dashboard.json"]) == dashboard
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+def test_the_validators_catch_mistakes():
+    """A validator that accepts anything would make the tests above vacuous."""
+    cluster = copy.deepcopy(next(o for o in rendered("base") if o["kind"] == "RayCluster"))
+    cluster["spec"]["workerGroupSpecs"][0]["maxReplica"] = 3  # typo
+    with pytest.raises(jsonschema.ValidationError, match="maxReplica"):
+        jsonschema.validate(cluster, crd_schemas()["RayCluster"])
+    cluster = copy.deepcopy(next(o for o in rendered("base") if o["kind"] == "RayCluster"))
+    cluster["spec"]["authOptions"]["mode"] = "password"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(cluster, crd_schemas()["RayCluster"])
+    deployment = copy.deepcopy(next(o for o in rendered("base") if o["kind"] == "Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["port"] = 8000
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
