@@ -7,7 +7,8 @@
 3. control  the control plane (FastAPI, SQLite) on 127.0.0.1
 4. spin     a two-iteration run created and launched over REST; each iteration is a Ray Job:
             generate (Serve + vLLM) → score → train (Ray Train, 2 FSDP2 workers) → publish
-5. report   the per-iteration table
+5. baseline continued SFT at equal compute, from the same SFT model
+6. report   the per-iteration table, then SFT vs each SPIN iteration vs continued SFT on held-out problems
 """
 
 from __future__ import annotations
@@ -23,35 +24,47 @@ from jobs.config import SpinConfig
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo_cpu.yaml"
 
-# The SFT recipe of the demo model; a cached model is reused only if it was made with these settings.
+# The demo's SFT model: trained to a plateau (more SFT at any lr no longer moves held-out exact match), so the
+# comparison with SPIN is honest. A cached model is reused only if it was made with these exact settings.
 SFT_RECIPE = {
-    "model": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 512},
-    "train_problems": 4000,
-    "steps": 600,
-    "batch_size": 32,
-    "learning_rate": 2e-3,
+    "model": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 256},
+    "problems": 30000,
+    "style": "answer",
+    "steps": 3000,
+    "batch_size": 64,
+    "learning_rate": 3e-3,
     "data_seed": 1,
 }
 
 
 def prepare(cfg: SpinConfig, console: Console) -> None:
-    """Build the demo's model and data where `cfg` expects them, unless already there."""
+    """Write the demo's data and train its SFT model where `cfg` expects them, unless already there.
+
+    The held-out prompts SPIN evaluates on are chosen exactly as the run will choose them, and the SFT model
+    never sees them either.
+    """
     from jobs.arithmetic import make_problems, write_jsonl
     from jobs.sft import sft
+    from jobs.spin import sample_key
     from jobs.tiny_model import build_tiny_model
 
     assert cfg.data.path is not None
     data_path, sft_dir = Path(cfg.data.path), Path(cfg.model.path)
-    problems = make_problems(SFT_RECIPE["train_problems"], seed=SFT_RECIPE["data_seed"])
+    problems = make_problems(SFT_RECIPE["problems"], seed=SFT_RECIPE["data_seed"], style=SFT_RECIPE["style"])
     if not data_path.exists():
         write_jsonl(problems, data_path)
         console.print(f"wrote {len(problems)} arithmetic problems to {data_path}")
+    recipe = SFT_RECIPE | {"held_out": cfg.data.held_out_prompts, "data_seed_split": cfg.data.seed}
     recipe_file = sft_dir / "demo_recipe.json"
-    if recipe_file.exists() and json.loads(recipe_file.read_text()) == SFT_RECIPE:
+    if recipe_file.exists() and json.loads(recipe_file.read_text()) == recipe:
         console.print(f"using the cached SFT model in {sft_dir}")
         return
+    by_key = sorted(problems, key=lambda p: sample_key(cfg.data.seed, "held-out", p.prompt_id))
+    held_out = {p.prompt_id for p in by_key[: cfg.data.held_out_prompts]}
+    examples = [
+        ([{"role": "user", "content": p.question}], p.solution) for p in problems if p.prompt_id not in held_out
+    ]
     base = build_tiny_model(sft_dir.parent / "base", **SFT_RECIPE["model"])
-    examples = [([{"role": "user", "content": p.question}], p.solution) for p in problems]
     with console.status("") as status:
 
         def show(step: int, loss: float) -> None:
@@ -66,8 +79,11 @@ def prepare(cfg: SpinConfig, console: Console) -> None:
             learning_rate=SFT_RECIPE["learning_rate"],
             on_step=show,
         )
-    recipe_file.write_text(json.dumps(SFT_RECIPE))
-    console.print(f"SFT: {result['steps']} steps in {result['seconds']:.0f}s, final loss {result['final_loss']:.3f}")
+    recipe_file.write_text(json.dumps(recipe))
+    console.print(
+        f"SFT on {len(examples)} problems ({len(held_out)} held out): {result['steps']} steps in "
+        f"{result['seconds']:.0f}s, final loss {result['final_loss']:.3f}"
+    )
 
 
 def iteration_table(run: dict[str, Any]) -> Table:
@@ -118,16 +134,46 @@ def run_demo(config_path: Path = DEMO_CONFIG, overrides: list[str] | None = None
     console.print(f"Ray is up; its dashboard is {dashboard}")
     try:
         run = _drive(cfg, dashboard, console)
+        if run["state"] in ("completed", "stopped") and cfg.eval.continued_sft_learning_rate:
+            _continued_sft(cfg, console)
     finally:
         if ours:
             stop_head()
     out = Console()
     if not out.is_terminal:
-        out = Console(width=140)  # logs and pipes: keep the table whole
+        out = Console(width=150)  # logs and pipes: keep the tables whole
     out.print(iteration_table(run))
-    if run["state"] != "completed":
+    if run.get("stop_reason"):
+        out.print(f"stopped by the stopping rule: {run['stop_reason']}")
+    if run["state"] not in ("completed", "stopped"):
         raise SystemExit(f"the run ended {run['state']}: {run.get('error')}")
+    _report(cfg, out)
     return run
+
+
+def _continued_sft(cfg: SpinConfig, console: Console) -> None:
+    """The baseline SPIN must beat: as many SFT steps as SPIN took, from the same SFT model (cached)."""
+    from cluster.runtime import connect
+    from jobs.baseline import run_continued_sft
+    from jobs.report import CONTINUED_SFT
+    from jobs.storage import RunStorage
+
+    storage = RunStorage(cfg.storage_uri)
+    if storage.exists(storage.path(CONTINUED_SFT, "metrics.json")):
+        return
+    with console.status("training and evaluating the continued-SFT baseline at equal compute"):
+        connect("127.0.0.1:6379")
+        run_continued_sft(cfg)
+
+
+def _report(cfg: SpinConfig, out: Console) -> None:
+    from jobs.report import load_run, report_rows, rich_table, write_report
+
+    record = load_run(cfg.storage_uri)
+    out.print(rich_table(report_rows(record), title="SPIN vs SFT on held-out problems (change vs SFT in brackets)"))
+    folder = Path(cfg.storage_uri) / "report"
+    write_report(record, folder)
+    out.print(f"report.json and plots (loss, margins, accuracies, task_metric) in {folder}")
 
 
 def _drive(cfg: SpinConfig, dashboard: str, console: Console) -> dict[str, Any]:
