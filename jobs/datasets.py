@@ -121,11 +121,11 @@ def write_records(
     schema: pa.Schema,
     *,
     meta: dict[str, Any] | None = None,
-    on_rows: Callable[[int], None] | None = None,
+    on_batch: Callable[[int, pa.Table], None] | None = None,
 ) -> int:
     """Stream `ds` into Parquet parts under `path`, committed atomically; returns the row count.
 
-    The driver writes the parts as batches arrive, which is what lets it show progress row by row.
+    The driver writes the parts as batches arrive; `on_batch(rows so far, batch)` follows the progress.
     """
     staging = storage.staging_path(path)
     rows = 0
@@ -136,8 +136,8 @@ def write_records(
             with storage.fs.open_output_stream(f"{staging}/part-{i:05d}.parquet") as f:
                 pq.write_table(batch.cast(schema), f)
             rows += batch.num_rows
-            if on_rows:
-                on_rows(rows)
+            if on_batch:
+                on_batch(rows, batch)
     except BaseException:
         storage.fs.delete_dir(staging)  # nothing half-written stays behind
         raise

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray.data
 
 from cluster.weights import generator_info, serve_model
@@ -222,7 +224,16 @@ def run_generate(ctx: IterationContext, stage: Stage) -> dict[str, Any]:
     }
     expected = len(selection.train) + len(selection.held_out)
     stage.update(0, expected)
-    rows_written = write_records(generations, storage, path, GENERATION_SCHEMA, meta=meta, on_rows=stage.update)
+    started, generated_tokens = time.perf_counter(), 0
+
+    def on_batch(rows: int, batch: pa.Table) -> None:
+        nonlocal generated_tokens
+        generated_tokens += pc.sum(batch["generated_tokens"]).as_py()
+        tokens_per_s = round(generated_tokens / (time.perf_counter() - started), 1)
+        meta.update(generated_tokens=generated_tokens, tokens_per_s=tokens_per_s)  # the marker is written last
+        stage.update(rows, tokens_per_s=tokens_per_s)
+
+    rows_written = write_records(generations, storage, path, GENERATION_SCHEMA, meta=meta, on_batch=on_batch)
     if rows_written != expected:
         storage.discard(path)
         raise RuntimeError(f"generated {rows_written} records for {expected} prompts")

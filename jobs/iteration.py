@@ -40,10 +40,19 @@ def run_iteration(cfg: SpinConfig, k: int, progress: Progress | None = None) -> 
         logger.info("iteration %d is already complete", k)
         return dict(ctx.storage.read_json(metrics_path))
     progress = progress or Progress()
-    status = StatusSink(ctx.storage, k)
-    progress.sinks += [status, MetricsSink(cfg.name, k)]
-    pad = pad_id(load_tokenizer(ctx.model_dir))
+    status, exported = StatusSink(ctx.storage, k), MetricsSink(cfg.name, k)
+    progress.sinks += [status, exported]
+    try:
+        metrics = _run_stages(cfg, ctx, progress, status)
+    finally:
+        exported.close()
+    ctx.storage.write_json(metrics_path, metrics)
+    return metrics
 
+
+def _run_stages(cfg: SpinConfig, ctx: IterationContext, progress: Progress, status: StatusSink) -> dict[str, Any]:
+    k = ctx.k
+    pad = pad_id(load_tokenizer(ctx.model_dir))
     app, evaluating = generator_app_name(cfg), cfg.data.held_out_prompts > 0
     extra: dict[str, Any] = {}
 
@@ -67,8 +76,7 @@ def run_iteration(cfg: SpinConfig, k: int, progress: Progress | None = None) -> 
                 "selected_step": (training["selected"] or {}).get("step"),
                 "diagnostics": _diagnostics(training["selected"]),
             }
-
-    metrics = {
+    return {
         "iteration": k,
         "name": cfg.name,
         "settings": ctx.iteration.model_dump(),
@@ -80,8 +88,6 @@ def run_iteration(cfg: SpinConfig, k: int, progress: Progress | None = None) -> 
         "train": training,
         **extra,
     }
-    ctx.storage.write_json(metrics_path, metrics)
-    return metrics
 
 
 def _diagnostics(selected: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ run and the iteration; k8s/grafana/spin-dashboard.json charts them.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 # progress info key → (metric name, description)
@@ -32,9 +33,14 @@ EXPORTED = {f"ray_{name}" for name in OTHER_GAUGES} | {f"ray_{name}" for name, _
 
 
 class MetricsSink:
-    """A progress sink that mirrors stage progress and training metrics into Ray metrics."""
+    """A progress sink that mirrors stage progress and training metrics into Ray metrics.
 
-    def __init__(self, run: str, iteration: int):
+    Ray's OpenTelemetry export drops a gauge series that is not recorded again within about 20 s, so a slow
+    stage (evaluation, a long optimizer step) would blank the dashboard. The sink re-records its last values
+    every `refresh_s` from a daemon thread until `close()`.
+    """
+
+    def __init__(self, run: str, iteration: int, refresh_s: float = 5.0):
         from ray.util.metrics import Gauge
 
         tags = {"run": run, "iteration": str(iteration)}
@@ -46,31 +52,50 @@ class MetricsSink:
             return g
 
         g = OTHER_GAUGES
-        self.iteration = Gauge("spin_iteration", description=g["spin_iteration"], tag_keys=("run",))
-        self.iteration.set(iteration, tags={"run": run})
+        self._values: dict[tuple[int, tuple], tuple[Any, float, dict[str, str] | None]] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
         self.stage = gauge("spin_stage", g["spin_stage"], ("stage",))
         self.completed = gauge("spin_stage_completed", g["spin_stage_completed"], ("stage",))
         self.total = gauge("spin_stage_total", g["spin_stage_total"], ("stage",))
         self.pairs = gauge("spin_pairs_done", g["spin_pairs_done"])
         self.generation_tps = gauge("spin_generation_tokens_per_second", g["spin_generation_tokens_per_second"])
         self.train = {key: gauge(name, text) for key, (name, text) in TRAIN_GAUGES.items()}
+        iteration_gauge = Gauge("spin_iteration", description=g["spin_iteration"], tag_keys=("run",))
+        self._set(iteration_gauge, iteration, {"run": run})
+        threading.Thread(target=self._refresh, args=(refresh_s,), name="spin-metrics", daemon=True).start()
+
+    def _set(self, gauge: Any, value: float, tags: dict[str, str] | None = None) -> None:
+        with self._lock:
+            gauge.set(value, tags=tags)
+            self._values[(id(gauge), tuple(sorted((tags or {}).items())))] = (gauge, value, tags)
+
+    def _refresh(self, every_s: float) -> None:
+        while not self._closed.wait(every_s):
+            with self._lock:
+                for gauge, value, tags in self._values.values():
+                    gauge.set(value, tags=tags)
+
+    def close(self) -> None:
+        """Stop re-recording: the series fade from the export once the iteration is over."""
+        self._closed.set()
 
     def start(self, stage: str, total: int | None) -> None:
         for name in STAGES:
-            self.stage.set(1.0 if name == stage else 0.0, tags={"stage": name})
+            self._set(self.stage, 1.0 if name == stage else 0.0, {"stage": name})
 
     def update(self, stage: str, completed: int, total: int | None, info: dict[str, Any]) -> None:
-        self.completed.set(completed, tags={"stage": stage})
+        self._set(self.completed, completed, {"stage": stage})
         if total is not None:
-            self.total.set(total, tags={"stage": stage})
+            self._set(self.total, total, {"stage": stage})
         if stage == "generate":
-            self.pairs.set(completed)
+            self._set(self.pairs, completed)
             if "tokens_per_s" in info:
-                self.generation_tps.set(info["tokens_per_s"])
+                self._set(self.generation_tps, info["tokens_per_s"])
         if stage == "train":
             for key, value in info.items():
                 if key in self.train and value is not None:
-                    self.train[key].set(float(value))
+                    self._set(self.train[key], float(value))
 
     def end(self, stage: str, seconds: float | None, error: str | None) -> None:
-        self.stage.set(0.0, tags={"stage": stage})
+        self._set(self.stage, 0.0, {"stage": stage})

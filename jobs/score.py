@@ -90,7 +90,14 @@ def run_score(ctx: IterationContext, stage: Stage, pad_id: int) -> dict[str, Any
         micro_batch_size=t.micro_batch_size,
         use_gpu=t.use_gpu,
     )
-    rows = write_records(pairs, storage, path, PAIR_SCHEMA, meta={"dtype": ctx.compute_dtype}, on_rows=stage.update)
+    rows = write_records(
+        pairs,
+        storage,
+        path,
+        PAIR_SCHEMA,
+        meta={"dtype": ctx.compute_dtype},
+        on_batch=lambda rows, _: stage.update(rows),
+    )
     if rows != total:
         storage.discard(path)
         raise RuntimeError(f"scored {rows} pairs of {total} generation records")

@@ -1,5 +1,7 @@
 """Fixtures of the integration tests: data with duplicates and bad rows, and one undisturbed iteration."""
 
+import threading
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -57,8 +59,45 @@ def dataset(tmp_path_factory):
     return root, problems
 
 
+class PrometheusScraper:
+    """Scrapes the head's metrics endpoint every few seconds, as Prometheus would, keeping one run's samples."""
+
+    def __init__(self, run: str, url: str = "http://127.0.0.1:8080/metrics", every_s: float = 2.0):
+        self.run, self.url, self.every_s = run, url, every_s
+        self.samples: dict[str, list[float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        import httpx
+
+        while not self._stop.wait(self.every_s):
+            try:
+                text = httpx.get(self.url, timeout=10).text
+            except httpx.HTTPError:  # the agent may be briefly busy; the next scrape counts
+                continue
+            for line in text.splitlines():
+                if line.startswith("ray_spin_") and f'run="{self.run}"' in line:
+                    name, value = line.split("{")[0], float(line.rsplit(" ", 1)[1])
+                    self.samples.setdefault(name, []).append(value)
+
+    def __enter__(self) -> "PrometheusScraper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 @pytest.fixture(scope="session")
-def iteration(ray_cluster, sft_model_dir, dataset, tmp_path_factory):
+def scraped(dataset):
+    """What Prometheus scraped from the head while the `iteration` fixture ran."""
+    return PrometheusScraper("it-test")
+
+
+@pytest.fixture(scope="session")
+def iteration(ray_cluster, sft_model_dir, dataset, scraped, tmp_path_factory):
     """One undisturbed iteration of the tiny model: (config, its metrics.json, the problems)."""
     from cluster.weights import stop_serving
     from jobs.generate import generator_app_name
@@ -66,5 +105,7 @@ def iteration(ray_cluster, sft_model_dir, dataset, tmp_path_factory):
 
     root, problems = dataset
     cfg = tiny_config(tmp_path_factory.mktemp("run"), sft_model_dir, root, bad_rows="skip")
-    yield cfg, run_iteration(cfg, 0), problems
+    with scraped:
+        metrics = run_iteration(cfg, 0)
+    yield cfg, metrics, problems
     stop_serving(generator_app_name(cfg))
