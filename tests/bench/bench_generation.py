@@ -1,0 +1,247 @@
+"""Generation: the project's Serve deployment (through its handle and through the Ray Data stage) against a
+bare vLLM engine and against transformers `generate` (the official SPIN code path).
+
+    python -m tests.bench.run generation
+
+Same model, prompts, sampling (T=1, top-p 1, one seed per prompt) and token budget in every case. Tokens/s
+counts the tokens each engine actually generated (up to and including EOS) over the generation wall time;
+engine start-up is reported apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from tests.bench.common import (
+    Row,
+    Size,
+    bench_messages,
+    bench_prompts,
+    case_main,
+    measured_rows,
+    peak_rss_mb,
+    prepare_model,
+)
+
+PROMPTS_PER_REQUEST = 16  # the generate stage's default (GeneratorConfig.prompts_per_request)
+MAX_MODEL_LEN = 512
+
+
+def _use_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _result(tokens: int, seconds: float, startup_s: float, prompts: int) -> dict[str, Any]:
+    return {
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "startup_s": startup_s,
+        "mean_tokens": tokens / prompts,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def hf_generate(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
+    """Batched `generate` with left padding, as the official SPIN scripts sample."""
+    import torch
+
+    from jobs.chat import pad_id
+    from jobs.modeling import load_causal_lm, load_tokenizer
+
+    model_dir = prepare_model(size.model)
+    prompts = bench_prompts(model_dir, size.prompts, size.seed)
+    start = time.perf_counter()
+    device = "cuda" if _use_gpu() else "cpu"
+    tok, model = load_tokenizer(model_dir), load_causal_lm(model_dir, size.dtype, device)
+    startup, pad, eos = time.perf_counter() - start, pad_id(tok), tok.eos_token_id
+    batch_size = int(extra.get("batch_size", 16))
+    torch.manual_seed(size.seed)
+    tokens, start = 0, time.perf_counter()
+    for i in range(0, len(prompts), batch_size):
+        rows = prompts[i : i + batch_size]
+        width = max(map(len, rows))
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=size.max_new_tokens,
+                pad_token_id=pad,
+                eos_token_id=eos,
+            )
+        for row in out[:, width:].tolist():
+            tokens += row.index(eos) + 1 if eos in row else len(row)
+    return _result(tokens, time.perf_counter() - start, startup, len(prompts))
+
+
+def bare_vllm(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
+    """vLLM's offline `LLM` in this process, with the engine settings the deployment uses."""
+    import os
+
+    from cluster.runtime import vllm_env
+
+    os.environ.update(vllm_env(_use_gpu()))
+    from vllm import LLM, SamplingParams, TokensPrompt
+
+    model_dir = prepare_model(size.model)
+    prompts = bench_prompts(model_dir, size.prompts, size.seed)
+    args = _generator_args(model_dir, size)
+    start = time.perf_counter()
+    kwargs: dict[str, Any] = dict(
+        model=model_dir,
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        enforce_eager=args.enforce_eager,
+        seed=args.seed,
+        disable_log_stats=True,
+    )
+    if args.kv_cache_memory_bytes is not None:
+        kwargs["kv_cache_memory_bytes"] = args.kv_cache_memory_bytes
+    llm = LLM(**kwargs)
+    startup = time.perf_counter() - start
+    params = [
+        SamplingParams(temperature=1.0, top_p=1.0, max_tokens=size.max_new_tokens, seed=size.seed + i)
+        for i in range(len(prompts))
+    ]
+    start = time.perf_counter()
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    return _result(tokens, seconds, startup, len(prompts))
+
+
+def _generator_args(model_dir: str, size: Size) -> Any:
+    from services.generator.schemas import GeneratorArgs
+
+    gpu = _use_gpu()
+    return GeneratorArgs(
+        model_path=model_dir,
+        dtype=size.dtype,
+        max_model_len=MAX_MODEL_LEN,
+        max_num_seqs=64,
+        kv_cache_memory_bytes=None if gpu else 256 * 2**20,
+        seed=size.seed,
+        num_cpus=0 if gpu else 1,
+        num_gpus=1 if gpu else 0,
+    )
+
+
+@contextlib.contextmanager
+def _deployed(size: Size) -> Iterator[tuple[str, str, float]]:
+    """The project's generator application on a local Ray cluster: (model dir, app name, start-up seconds)."""
+    from cluster.runtime import connect, head_running, start_head, stop_head
+    from cluster.weights import serve_model, stop_serving
+
+    started_head = not head_running()
+    start_head(num_cpus=4)
+    connect("127.0.0.1:6379")
+    model_dir, app = prepare_model(size.model), "spin-bench-generator"
+    try:
+        start = time.perf_counter()
+        serve_model(_generator_args(model_dir, size), app, model_dir, 0)
+        yield model_dir, app, time.perf_counter() - start
+    finally:
+        stop_serving(app)
+        if started_head:
+            stop_head()
+
+
+def serve_handle(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
+    """Requests of 16 prompts, all in flight at once, through the deployment handle."""
+    from cluster.weights import generator_handle
+    from services.generator.schemas import GenerateRequest
+
+    with _deployed(size) as (model_dir, app, startup):
+        prompts = bench_prompts(model_dir, size.prompts, size.seed)
+        handle = generator_handle(app)
+        start = time.perf_counter()
+        responses = [
+            handle.generate.remote(
+                GenerateRequest(
+                    prompt_token_ids=prompts[i : i + PROMPTS_PER_REQUEST],
+                    max_tokens=[size.max_new_tokens] * len(prompts[i : i + PROMPTS_PER_REQUEST]),
+                    temperature=1.0,
+                    top_p=1.0,
+                    seeds=[size.seed + j for j in range(i, min(i + PROMPTS_PER_REQUEST, len(prompts)))],
+                )
+            )
+            for i in range(0, len(prompts), PROMPTS_PER_REQUEST)
+        ]
+        tokens = sum(len(c.token_ids) for r in responses for c in r.result(timeout_s=1800).completions)
+        return _result(tokens, time.perf_counter() - start, startup, len(prompts))
+
+
+def ray_data_stage(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
+    """The generate stage's Ray Data pipeline: SFT rows → GeneratorCaller actors → the deployment → records."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import ray.data
+
+    from jobs.generate import generation_dataset
+    from services.generator.app import DEPLOYMENT_NAME
+
+    with _deployed(size) as (model_dir, app, startup):
+        messages = bench_messages(size.prompts, size.seed)
+        rows = pa.table(
+            {
+                "prompt_id": [f"p{i}" for i in range(len(messages))],
+                "split": ["train"] * len(messages),
+                "messages": [json.dumps(m) for m in messages],
+                "real": ["unused"] * len(messages),
+            }
+        )
+        start = time.perf_counter()
+        records = generation_dataset(
+            ray.data.from_arrow(rows),
+            tokenizer_path=model_dir,
+            app_name=app,
+            deployment_name=DEPLOYMENT_NAME,
+            iteration=0,
+            model_version=0,
+            sampling={"temperature": 1.0, "top_p": 1.0, "max_new_tokens": size.max_new_tokens, "seed": size.seed},
+            max_prompt_length=MAX_MODEL_LEN // 2,
+            max_length=MAX_MODEL_LEN,
+            timeout_s=1800,
+            prompts_per_request=PROMPTS_PER_REQUEST,
+            callers=2,
+        )
+        tokens = sum(pc.sum(b["generated_tokens"]).as_py() for b in records.iter_batches(batch_format="pyarrow"))
+        return _result(tokens, time.perf_counter() - start, startup, len(messages))
+
+
+CASES = {"hf_generate": hf_generate, "bare_vllm": bare_vllm, "serve_handle": serve_handle, "ray_data": ray_data_stage}
+
+
+def rows(results: dict[str, dict[str, Any]], on_gpu: bool) -> list[Row]:
+    """Tokens/s of each case, and the ratios the issue sets targets for."""
+    return measured_rows(
+        "generation",
+        results,
+        "tokens_per_s",
+        "tokens/s",
+        "tok/s",
+        [
+            ("serve_handle", "bare_vllm", {"at_least": 0.9}),
+            ("ray_data", "bare_vllm", {"at_least": 0.9}),
+            ("bare_vllm", "hf_generate", {"at_least": 5.0 if on_gpu else 2.0}),
+            ("hf_generate", None, {}),
+        ],
+    )
+
+
+if __name__ == "__main__":
+    case_main(CASES)

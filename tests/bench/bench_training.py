@@ -1,0 +1,293 @@
+"""Training: the project's SPIN update (reference log-probs precomputed by the score stage) against TRL's
+`DPOTrainer` with `loss_type="sigmoid"` and the previous model as `ref_model`, the way SPIN is run with TRL.
+
+    python -m tests.bench.run training
+
+Same model, pairs (in the same order: one epoch, no shuffle on our side, TRL's sampler on its side), batch
+size, AdamW, learning rate, gradient clipping and β. Tokens/s counts every non-padding token of both
+sequences of a pair over the summed optimizer-step times. Peak memory is the process's peak RSS above its
+RSS after imports (CPU) or the peak CUDA allocation (GPU). MFU is model FLOPs per second (6·N per token plus
+attention, forward and backward, the reference forward not counted) over the measured matmul peak.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from typing import Any
+
+from tests.bench.common import (
+    Row,
+    Size,
+    bench_pairs,
+    case_main,
+    matmul_peak_flops,
+    measured_rows,
+    prepare_model,
+    rss_mb,
+)
+
+BETA, LR, MAX_GRAD_NORM = 0.1, 5e-7, 1.0  # the paper's β and lr (zephyr, iteration 0), HF's clipping default
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _train_dtype(size: Size) -> str:
+    # Weights stay fp32 as both trainers keep master weights; on GPU both compute under bf16 autocast.
+    return "float32"
+
+
+def _memory(baseline_mb: float) -> float:
+    import torch
+
+    from tests.bench.common import peak_rss_mb
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return peak_rss_mb() - baseline_mb
+
+
+def _model_flops_per_token(model: Any, tokens_per_row: float) -> float:
+    n = sum(p.numel() for p in model.parameters())
+    c = model.config
+    return 6 * n + 12 * c.num_hidden_layers * c.hidden_size * tokens_per_row
+
+
+def _check_batch(size: Size) -> int:
+    if size.train_pairs != size.train_batch * size.train_steps:
+        raise ValueError("train_pairs must equal train_batch × train_steps: both trainers make one pass")
+    return size.train_batch
+
+
+def spin_update(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
+    """The project's step (jobs/train_step.py) in one process: one forward over [real; generated], no
+    reference model resident."""
+    import torch
+
+    from jobs.chat import pad_id
+    from jobs.modeling import load_causal_lm, load_tokenizer
+    from jobs.spin import collate_pairs
+    from jobs.train_step import make_optimizer, policy_logps, spin_forward
+
+    baseline = rss_mb()
+    b, device = _check_batch(size), _device()
+    model_dir = prepare_model(size.model)
+    pairs = bench_pairs(model_dir, size.train_pairs, size.seed)
+    pad = pad_id(load_tokenizer(model_dir))
+    model = load_causal_lm(model_dir, _train_dtype(size), device)
+
+    def batch(i: int, ref: tuple[list[float], list[float]] | None = None) -> Any:
+        rows = pairs[i * b : (i + 1) * b]
+        return collate_pairs(
+            [r["prompt_ids"] for r in rows],
+            [r["real_ids"] for r in rows],
+            [r["generated_ids"] for r in rows],
+            pad_id=pad,
+            ref_logps_real=None if ref is None else ref[0][i * b : (i + 1) * b],
+            ref_logps_generated=None if ref is None else ref[1][i * b : (i + 1) * b],
+        ).to(device)
+
+    # The score stage's output: reference log-probs, computed once before training (not timed here).
+    real, generated, start = [], [], time.perf_counter()
+    with torch.no_grad():
+        for i in range(size.train_steps):
+            r, g, _ = policy_logps(model, batch(i))
+            real += r.float().tolist()
+            generated += g.float().tolist()
+    score_seconds = time.perf_counter() - start
+    optimizer = make_optimizer(model.parameters(), "adamw", LR, 0.0)
+    autocast = torch.autocast(device, torch.bfloat16, enabled=device == "cuda")
+    tokens, seconds, losses = 0, 0.0, []
+    for i in range(size.train_steps):
+        start = time.perf_counter()
+        pb = batch(i, (real, generated))
+        with autocast:
+            loss, _ = spin_forward(model, pb, beta=BETA, loss_type="sigmoid", loss_scale=1.0 / b)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - start
+        tokens += int(pb.attention_mask.sum())
+        losses.append(float(loss))
+    return _training_result(model, tokens, seconds, size, losses, _memory(baseline)) | {"score_seconds": score_seconds}
+
+
+def _training_result(
+    model: Any, tokens: int, seconds: float, size: Size, losses: list[float], memory_mb: float
+) -> dict[str, Any]:
+    tokens_per_s = tokens / seconds
+    flops_per_token = _model_flops_per_token(model, tokens / (2 * size.train_pairs))
+    peak = matmul_peak_flops("bfloat16" if _device() == "cuda" else "float32")
+    return {
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_s": tokens_per_s,
+        "peak_memory_mb": memory_mb,
+        "losses": losses,
+        "model_flops_per_s": flops_per_token * tokens_per_s,
+        "matmul_peak_flops": peak,
+        "mfu": flops_per_token * tokens_per_s / peak,
+    }
+
+
+def _trl_trainer(size: Size, model_dir: str, ref_dir: str, out_dir: str) -> Any:
+    import torch
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from jobs.modeling import load_causal_lm, load_tokenizer
+
+    pairs = bench_pairs(model_dir, size.train_pairs, size.seed)
+    data = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
+    args = DPOConfig(
+        output_dir=out_dir,
+        per_device_train_batch_size=_check_batch(size),
+        max_steps=size.train_steps,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        optim="adamw_torch",
+        weight_decay=0.0,
+        max_grad_norm=MAX_GRAD_NORM,
+        beta=BETA,
+        loss_type=["sigmoid"],
+        precompute_ref_log_probs=False,
+        max_length=None,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        seed=size.seed,
+    )
+    device = _device()
+    model = load_causal_lm(model_dir, _train_dtype(size), device)
+    ref = load_causal_lm(ref_dir, _train_dtype(size), device)
+    return DPOTrainer(
+        model=model, ref_model=ref, args=args, train_dataset=data, processing_class=load_tokenizer(model_dir)
+    )
+
+
+def trl_dpo(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
+    """TRL's DPOTrainer: a policy and a resident reference model, reference forward every step."""
+    import torch
+    from transformers import TrainerCallback
+
+    baseline = rss_mb()
+    model_dir = prepare_model(size.model)
+
+    class StepTimes(TrainerCallback):
+        def __init__(self) -> None:
+            self.seconds, self._start = 0.0, 0.0
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self._start = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.seconds += time.perf_counter() - self._start
+
+    with tempfile.TemporaryDirectory() as out:
+        trainer = _trl_trainer(size, model_dir, model_dir, out)
+        timer = StepTimes()
+        trainer.add_callback(timer)
+        trainer.train()
+    data = trainer.train_dataset
+    tokens = sum(
+        2 * len(p) + len(c) + len(r)
+        for p, c, r in zip(*(data[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")), strict=True)
+    )
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return _training_result(trainer.model, tokens, timer.seconds, size, losses, _memory(baseline))
+
+
+def same_loss(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
+    """Both losses on the same first batch, with a reference that differs from the policy (so the value is not
+    the trivial ln 2): the policy's weights plus seeded noise."""
+    import torch
+
+    from jobs.chat import pad_id
+    from jobs.modeling import load_causal_lm, load_tokenizer
+    from jobs.spin import collate_pairs
+    from jobs.train_step import policy_logps, spin_forward
+
+    model_dir = prepare_model(size.model)
+    b = _check_batch(size)
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = load_causal_lm(model_dir, "float32")
+        generator = torch.Generator().manual_seed(size.seed)
+        with torch.no_grad():
+            for p in ref.parameters():
+                p.add_(torch.randn(p.shape, generator=generator) * 0.05 * p.abs().mean())
+        ref.save_pretrained(tmp)
+        load_tokenizer(model_dir).save_pretrained(tmp)
+        trainer = _trl_trainer(size, model_dir, tmp, tmp + "/out")
+        examples = [trainer.train_dataset[i] for i in range(b)]
+        inputs = trainer._prepare_inputs(trainer.data_collator(examples))
+        with torch.no_grad():
+            trl_loss = float(trainer.compute_loss(trainer.model, inputs))
+            pairs = bench_pairs(model_dir, size.train_pairs, size.seed)[:b]  # the rows TRL was given
+            columns = [[p[k] for p in pairs] for k in ("prompt_ids", "real_ids", "generated_ids")]
+            pad = pad_id(load_tokenizer(model_dir))
+            ref_real, ref_generated, _ = policy_logps(
+                load_causal_lm(tmp, "float32"), collate_pairs(*columns, pad_id=pad)
+            )
+            pb = collate_pairs(*columns, pad_id=pad, ref_logps_real=ref_real, ref_logps_generated=ref_generated)
+            policy = load_causal_lm(model_dir, "float32")
+            ours, _ = spin_forward(policy, pb, beta=BETA, loss_type="sigmoid", loss_scale=1.0 / b)
+    same_tokens = [e["prompt_ids"] + e["chosen_ids"] + e["rejected_ids"] for e in examples] == [
+        p["prompt_ids"] + p["real_ids"] + p["generated_ids"] for p in pairs
+    ]
+    return {
+        "trl_loss": trl_loss,
+        "spin_loss": float(ours),
+        "abs_diff": abs(trl_loss - float(ours)),
+        "same_tokens": same_tokens,
+    }
+
+
+CASES = {"spin_update": spin_update, "trl_dpo": trl_dpo, "same_loss": same_loss}
+
+
+def rows(results: dict[str, dict[str, Any]]) -> list[Row]:
+    out = measured_rows(
+        "training", results, "tokens_per_s", "tokens/s", "tok/s", [("spin_update", "trl_dpo", {"at_least": 1.3})]
+    )
+    out += measured_rows(
+        "training", results, "peak_memory_mb", "peak memory", "MiB", [("spin_update", "trl_dpo", {"at_most": 0.7})]
+    )
+    check = results.get("same_loss", {})
+    if "abs_diff" in check:
+        met = check["abs_diff"] < 1e-4 and check["same_tokens"]
+        out.append(
+            Row(
+                "training",
+                "same_loss",
+                "|loss - TRL loss|, 1st batch",
+                check["abs_diff"],
+                "",
+                None,
+                None,
+                "< 1e-4",
+                met,
+            )
+        )
+    for case in ("spin_update", "trl_dpo"):
+        if "mfu" in results.get(case, {}):
+            out.append(Row("utilisation", case, "MFU", 100 * results[case]["mfu"], "%"))
+    if "matmul_peak_flops" in results.get("spin_update", {}):
+        out.append(Row("utilisation", "matmul peak", "measured", results["spin_update"]["matmul_peak_flops"], "FLOP/s"))
+    return out
+
+
+if __name__ == "__main__":
+    case_main(CASES)

@@ -1,0 +1,97 @@
+"""The benchmark harness: runs the benches, prints one table and writes the JSON behind it.
+
+python -m tests.bench.run                       # all benches, SmolLM2-135M (what `make bench` runs)
+python -m tests.bench.run generation training   # some of them
+python -m tests.bench.run --smoke               # tiny sizes: proves the harness works (CI)
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tests.bench import bench_e2e, bench_generation, bench_training
+from tests.bench.common import ROOT, Row, Size, print_table, run_case
+
+BENCHES = ("generation", "training", "e2e")
+app = typer.Typer(add_completion=False)
+
+
+def machine() -> dict[str, object]:
+    import os
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": gpu, "torch": torch.__version__}
+
+
+def run_cases(module: str, cases: dict[str, object], size: Size, skip_missing: bool) -> dict[str, dict]:
+    """Every case of a bench; with `skip_missing`, a case whose engine is not installed is recorded as skipped."""
+    out: dict[str, dict] = {}
+    for case in cases:
+        try:
+            out[case] = run_case(module, case, size)
+        except RuntimeError as e:
+            if not (skip_missing and "ModuleNotFoundError" in str(e)):
+                raise
+            out[case] = {"skipped": str(e).strip().splitlines()[-1]}
+    return out
+
+
+def run_benches(names: list[str], size: Size, skip_missing: bool = False) -> tuple[dict[str, object], list[Row]]:
+    results: dict[str, object] = {}
+    rows: list[Row] = []
+    on_gpu = bool(machine()["gpu"])
+    if "generation" in names:
+        gen = run_cases("bench_generation", bench_generation.CASES, size, skip_missing)
+        results["generation"] = gen
+        rows += bench_generation.rows(gen, on_gpu)
+    if "training" in names:
+        train = run_cases("bench_training", bench_training.CASES, size, skip_missing)
+        results["training"] = train
+        rows += bench_training.rows(train)
+    if "e2e" in names:
+        e2e = bench_e2e.measure(replace(size, model="tiny", dtype="float32"))
+        results["e2e"] = e2e
+        rows += bench_e2e.rows(e2e)
+    return results, rows
+
+
+@app.command()
+def main(
+    benches: Annotated[list[str] | None, typer.Argument(help=f"Any of {', '.join(BENCHES)}; all by default.")] = None,
+    smoke: Annotated[bool, typer.Option(help="Tiny sizes and the tiny model: checks the harness only.")] = False,
+    model: Annotated[str | None, typer.Option(help="tiny, smollm2 or a Hugging Face folder.")] = None,
+    out: Annotated[Path, typer.Option(help="Where the JSON results go.")] = ROOT / ".cache" / "bench" / "results.json",
+    skip_missing: Annotated[bool, typer.Option(help="Record cases whose engine is not installed as skipped.")] = False,
+) -> None:
+    names = benches or list(BENCHES)
+    unknown = sorted(set(names) - set(BENCHES))
+    if unknown:
+        raise typer.BadParameter(f"unknown bench {unknown}; choose from {BENCHES}")
+    size = Size.smoke() if smoke else Size()
+    if model:
+        size = replace(size, model=model)
+    results, rows = run_benches(names, size, skip_missing)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "size": asdict(size),
+        "results": results,
+        "rows": [asdict(r) for r in rows],
+    }
+    out.write_text(json.dumps(report, indent=2))
+    print_table(rows, f"SPIN benchmarks ({size.model}, {machine()['gpu'] or str(machine()['cpus']) + ' CPUs'})")
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    app()

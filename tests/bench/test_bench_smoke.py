@@ -1,0 +1,70 @@
+"""The benchmark harness at tiny sizes: every bench runs and writes a well-formed result. No timing is asserted;
+timings live in tests/bench/README.md, measured by `make bench`."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tests.bench.common import ROOT
+
+pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.bench.run", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "SPIN benchmarks" in proc.stdout
+    return json.loads(out.read_text())
+
+
+def test_every_bench_reports_every_case(report):
+    results = report["results"]
+    assert set(results["generation"]) == {"hf_generate", "bare_vllm", "serve_handle", "ray_data"}
+    assert set(results["training"]) == {"spin_update", "trl_dpo", "same_loss"}
+    assert set(results["e2e"]) == {"8", "16"}
+    assert report["machine"]["cpus"] and report["size"]["model"] == "tiny"
+
+
+def test_generation_counts_the_same_work_in_every_engine(report):
+    size = report["size"]
+    for name, r in report["results"]["generation"].items():
+        assert 0 < r["tokens"] <= size["prompts"] * size["max_new_tokens"], name
+        assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["seconds"]), name
+
+
+def test_both_trainers_compute_the_same_loss_on_the_same_tokens(report):
+    training = report["results"]["training"]
+    check = training["same_loss"]
+    assert check["same_tokens"] and check["abs_diff"] < 1e-4
+    assert check["spin_loss"] != pytest.approx(math.log(2), abs=1e-6)  # the reference differs from the policy
+    assert training["spin_update"]["tokens"] == training["trl_dpo"]["tokens"]
+    assert training["spin_update"]["losses"][0] == pytest.approx(math.log(2), abs=1e-5)
+    assert training["trl_dpo"]["losses"][0] == pytest.approx(math.log(2), abs=1e-5)
+    assert 0 < training["spin_update"]["mfu"] < 1
+
+
+def test_end_to_end_runs_each_size_and_its_bare_stages(report):
+    for n, r in report["results"]["e2e"].items():
+        assert r["iteration"]["prompts"] == r["iteration"]["pairs"] == int(n)
+        assert r["iteration"]["wall_s"] > 0 and r["iteration"]["peak_memory_mb"] > 0
+        assert {"generate", "score", "train", "publish"} <= set(r["iteration"]["stage_seconds"])
+        assert r["bare_generation"]["tokens"] > 0 and r["bare_training"]["tokens"] > 0
+
+
+def test_rows_are_finite_and_ratios_name_their_peer(report):
+    assert report["rows"]
+    for row in report["rows"]:
+        assert math.isfinite(row["value"]) and row["value"] >= 0, row
+        if row["ratio"] is not None:
+            assert row["peer"] and math.isfinite(row["ratio"]) and row["ratio"] > 0, row
