@@ -40,12 +40,9 @@ def run_iteration(cfg: SpinConfig, k: int, progress: Progress | None = None) -> 
         logger.info("iteration %d is already complete", k)
         return dict(ctx.storage.read_json(metrics_path))
     progress = progress or Progress()
-    status, exported = StatusSink(ctx.storage, k), MetricsSink(cfg.name, k)
-    progress.sinks += [status, exported]
-    try:
-        metrics = _run_stages(cfg, ctx, progress, status)
-    finally:
-        exported.close()
+    status = StatusSink(ctx.storage, k)
+    progress.sinks += [status, MetricsSink(cfg.name, k)]
+    metrics = _run_stages(cfg, ctx, progress, status)
     ctx.storage.write_json(metrics_path, metrics)
     return metrics
 

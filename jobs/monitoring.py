@@ -32,12 +32,16 @@ OTHER_GAUGES = {
 EXPORTED = {f"ray_{name}" for name in OTHER_GAUGES} | {f"ray_{name}" for name, _ in TRAIN_GAUGES.values()}
 
 
+_LATEST: dict[str, MetricsSink] = {}  # run → the sink of its latest iteration in this process
+
+
 class MetricsSink:
     """A progress sink that mirrors stage progress and training metrics into Ray metrics.
 
     Ray's OpenTelemetry export drops a gauge series that is not recorded again within about 20 s, so a slow
     stage (evaluation, a long optimizer step) would blank the dashboard. The sink re-records its last values
-    every `refresh_s` from a daemon thread until `close()`.
+    every `refresh_s` from a daemon thread, after its iteration too, so the endpoint keeps serving an ended
+    iteration's final values, until the process exits or the run's next iteration takes over.
     """
 
     def __init__(self, run: str, iteration: int, refresh_s: float = 5.0):
@@ -63,6 +67,10 @@ class MetricsSink:
         self.train = {key: gauge(name, text) for key, (name, text) in TRAIN_GAUGES.items()}
         iteration_gauge = Gauge("spin_iteration", description=g["spin_iteration"], tag_keys=("run",))
         self._set(iteration_gauge, iteration, {"run": run})
+        previous = _LATEST.get(run)
+        if previous is not None:
+            previous.close()
+        _LATEST[run] = self
         threading.Thread(target=self._refresh, args=(refresh_s,), name="spin-metrics", daemon=True).start()
 
     def _set(self, gauge: Any, value: float, tags: dict[str, str] | None = None) -> None:
@@ -77,7 +85,7 @@ class MetricsSink:
                     gauge.set(value, tags=tags)
 
     def close(self) -> None:
-        """Stop re-recording: the series fade from the export once the iteration is over."""
+        """Stop re-recording: the series fade from the export about 20 s later."""
         self._closed.set()
 
     def start(self, stage: str, total: int | None) -> None:

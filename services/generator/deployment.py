@@ -47,6 +47,31 @@ def refresh_post_load(worker: Any) -> None:
         method.process_weights_after_loading(lm_head)
 
 
+def engine_kwargs(args: GeneratorArgs, model_path: str) -> dict[str, Any]:
+    """vLLM engine arguments for `args` (also what tests/bench gives a bare engine, to compare like with like)."""
+    kwargs: dict[str, Any] = dict(
+        model=model_path,
+        tokenizer=model_path,
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        max_num_seqs=args.max_num_seqs,
+        tensor_parallel_size=args.tensor_parallel_size,
+        enforce_eager=args.enforce_eager,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        seed=args.seed,
+        disable_log_stats=True,
+    )
+    if args.kv_cache_memory_bytes is not None:
+        kwargs["kv_cache_memory_bytes"] = args.kv_cache_memory_bytes
+    if args.num_gpus == 0:
+        # vLLM's CPU runner dies ("CPU Generator does not use offset") when it splits the prefill of a request
+        # that has a seed, as every generate-stage request does: it rewinds the request's generator the CUDA way.
+        # Whole prompts only (measured with SmolLM2 and 64 concurrent prompts; tests/integration covers it).
+        kwargs["enable_chunked_prefill"] = False
+        kwargs["max_num_batched_tokens"] = max(args.max_model_len, 2048)
+    return kwargs
+
+
 @serve.deployment(name="SpinGenerator", health_check_period_s=10, health_check_timeout_s=60)
 class SpinGenerator:
     def __init__(self, args: dict[str, Any]):
@@ -78,22 +103,7 @@ class SpinGenerator:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        a = self._args
-        kwargs: dict[str, Any] = dict(
-            model=model_path,
-            tokenizer=model_path,
-            dtype=a.dtype,
-            max_model_len=a.max_model_len,
-            max_num_seqs=a.max_num_seqs,
-            tensor_parallel_size=a.tensor_parallel_size,
-            enforce_eager=a.enforce_eager,
-            gpu_memory_utilization=a.gpu_memory_utilization,
-            seed=a.seed,
-            disable_log_stats=True,
-        )
-        if a.kv_cache_memory_bytes is not None:
-            kwargs["kv_cache_memory_bytes"] = a.kv_cache_memory_bytes
-        return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(self._args, model_path)))
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         from vllm import SamplingParams

@@ -5,12 +5,14 @@ wall time and memory grow with the number of prompts.
 
 The iteration is the real thing (Serve + vLLM, Ray Data, Ray Train with 2 FSDP2 workers, storage commits,
 weight publish); held-out evaluation is off so that the stages match the bare ones: bare vLLM generation of
-the same prompts, reference log-probs and one epoch of the SPIN update in a single process. Memory is the
-peak of the summed RSS of every process on the machine above what ran before the iteration started.
+the same prompts, then reference log-probs and one epoch of the SPIN update on the iteration's own pairs, in a
+single process. Memory is the peak of the summed RSS of every process on the machine above what ran before the
+iteration started.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import threading
 import time
@@ -66,6 +68,7 @@ def iteration(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
     from jobs.config import SpinConfig
     from jobs.generate import generator_app_name
     from jobs.iteration import run_iteration
+    from jobs.storage import RunStorage
 
     n, model_dir = int(extra["prompts"]), prepare_model(size.model)
     started_head = not head_running()
@@ -103,6 +106,9 @@ def iteration(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
                 start = time.perf_counter()
                 metrics = run_iteration(cfg, 0)
                 wall = time.perf_counter() - start
+            if extra.get("keep_pairs"):
+                pairs = RunStorage(cfg.storage_uri).iteration_path(0, "pairs")
+                shutil.copytree(pairs, extra["keep_pairs"], ignore=shutil.ignore_patterns("_*", ".*"))
         finally:
             stop_serving(generator_app_name(cfg))
             if started_head:
@@ -125,11 +131,13 @@ def measure(size: Size) -> dict[str, Any]:
     for n in size.e2e_prompts:
         steps = max(1, n // TRAIN_BATCH)
         bare = replace(size, prompts=n, train_pairs=steps * TRAIN_BATCH, train_batch=TRAIN_BATCH, train_steps=steps)
-        out[str(n)] = {
-            "iteration": run_case("bench_e2e", "iteration", size, prompts=n),
-            "bare_generation": run_case("bench_generation", "bare_vllm", bare),
-            "bare_training": run_case("bench_training", "spin_update", bare),
-        }
+        with tempfile.TemporaryDirectory() as tmp:
+            pairs = f"{tmp}/pairs"
+            out[str(n)] = {
+                "iteration": run_case("bench_e2e", "iteration", size, prompts=n, keep_pairs=pairs),
+                "bare_generation": run_case("bench_generation", "bare_vllm", bare),
+                "bare_training": run_case("bench_training", "spin_update", bare, pairs_path=pairs),
+            }
     return out
 
 

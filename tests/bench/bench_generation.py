@@ -90,6 +90,7 @@ def bare_vllm(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
     import os
 
     from cluster.runtime import vllm_env
+    from services.generator.deployment import engine_kwargs
 
     os.environ.update(vllm_env(_use_gpu()))
     from vllm import LLM, SamplingParams, TokensPrompt
@@ -98,18 +99,7 @@ def bare_vllm(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
     prompts = bench_prompts(model_dir, size.prompts, size.seed)
     args = _generator_args(model_dir, size)
     start = time.perf_counter()
-    kwargs: dict[str, Any] = dict(
-        model=model_dir,
-        dtype=args.dtype,
-        max_model_len=args.max_model_len,
-        max_num_seqs=args.max_num_seqs,
-        enforce_eager=args.enforce_eager,
-        seed=args.seed,
-        disable_log_stats=True,
-    )
-    if args.kv_cache_memory_bytes is not None:
-        kwargs["kv_cache_memory_bytes"] = args.kv_cache_memory_bytes
-    llm = LLM(**kwargs)
+    llm = LLM(**engine_kwargs(args, model_dir))
     startup = time.perf_counter() - start
     params = [
         SamplingParams(temperature=1.0, top_p=1.0, max_tokens=size.max_new_tokens, seed=size.seed + i)

@@ -76,7 +76,12 @@ def spin_update(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
     baseline = rss_mb()
     b, device = _check_batch(size), _device()
     model_dir = prepare_model(size.model)
-    pairs = bench_pairs(model_dir, size.train_pairs, size.seed)
+    if extra.get("pairs_path"):  # pairs an iteration generated (bench_e2e): the same work, done bare
+        import pyarrow.parquet as pq
+
+        pairs = pq.read_table(extra["pairs_path"]).to_pylist()[: size.train_pairs]
+    else:
+        pairs = bench_pairs(model_dir, size.train_pairs, size.seed)
     pad = pad_id(load_tokenizer(model_dir))
     model = load_causal_lm(model_dir, _train_dtype(size), device)
 

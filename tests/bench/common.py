@@ -86,8 +86,16 @@ def _smollm2() -> Path:
     tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
     # The tokenizer converted from GGUF may report <|im_start|> as eos; the model's config says <|im_end|>.
     tok.eos_token, tok.pad_token = "<|im_end|>", "<|endoftext|>"
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    model.config.eos_token_id = model.generation_config.eos_token_id = tok.eos_token_id
+    gguf = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # transformers marks a model read from GGUF as quantized and refuses to save it; its weights are already
+    # dequantized, so a plain model of the same config takes them.
+    config = gguf.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.eos_token_id = tok.eos_token_id
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf.state_dict())
+    model.generation_config.eos_token_id = tok.eos_token_id
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
@@ -260,6 +268,19 @@ def measured_rows(
             value, peer_value = results[case][key], results[peer][key]
             out.append(compare(bench, case, metric, value, unit, peer, peer_value, **target))
     return out
+
+
+def markdown_table(rows: list[Row]) -> str:
+    """The results as a Markdown table, for tests/bench/README.md."""
+    lines = ["| bench | case | metric | value | vs | ratio | target | met |", "|---|---|---|---:|---|---:|---|---|"]
+    for r in rows:
+        value = "" if r.value != r.value else f"{r.value:,.3g} {r.unit}".strip()
+        ratio = "" if r.ratio is None else f"{r.ratio:.2f}x"
+        met = "" if r.met is None else ("yes" if r.met else "**no**")
+        lines.append(
+            f"| {r.bench} | {r.case} | {r.metric} | {value} | {r.peer or ''} | {ratio} | {r.target or ''} | {met} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def print_table(rows: list[Row], title: str) -> None:

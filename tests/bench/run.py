@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from tests.bench import bench_e2e, bench_generation, bench_training
-from tests.bench.common import ROOT, Row, Size, print_table, run_case
+from tests.bench.common import ROOT, Row, Size, markdown_table, print_table, run_case
 
 BENCHES = ("generation", "training", "e2e")
 app = typer.Typer(add_completion=False)
@@ -89,8 +89,9 @@ def main(
         "rows": [asdict(r) for r in rows],
     }
     out.write_text(json.dumps(report, indent=2))
+    out.with_suffix(".md").write_text(markdown_table(rows))
     print_table(rows, f"SPIN benchmarks ({size.model}, {machine()['gpu'] or str(machine()['cpus']) + ' CPUs'})")
-    print(f"results: {out}")
+    print(f"results: {out} (and {out.with_suffix('.md').name})")
 
 
 if __name__ == "__main__":

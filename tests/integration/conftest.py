@@ -68,18 +68,22 @@ class PrometheusScraper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
+    def scrape(self) -> None:
+        import httpx
+
+        for line in httpx.get(self.url, timeout=10).text.splitlines():
+            if line.startswith("ray_spin_") and f'run="{self.run}"' in line:
+                name, value = line.split("{")[0], float(line.rsplit(" ", 1)[1])
+                self.samples.setdefault(name, []).append(value)
+
     def _loop(self) -> None:
         import httpx
 
         while not self._stop.wait(self.every_s):
             try:
-                text = httpx.get(self.url, timeout=10).text
+                self.scrape()
             except httpx.HTTPError:  # the agent may be briefly busy; the next scrape counts
                 continue
-            for line in text.splitlines():
-                if line.startswith("ray_spin_") and f'run="{self.run}"' in line:
-                    name, value = line.split("{")[0], float(line.rsplit(" ", 1)[1])
-                    self.samples.setdefault(name, []).append(value)
 
     def __enter__(self) -> "PrometheusScraper":
         self._thread.start()

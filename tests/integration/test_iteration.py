@@ -3,6 +3,7 @@ CPU, Ray Train with two FSDP2 workers, and the checkpoint loaded back by transfo
 
 import math
 import os
+import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,7 +17,7 @@ from jobs.sft_data import BadRowsError
 from jobs.spin.schedule import StepPlan
 from jobs.storage import RunStorage
 from services.generator.schemas import GenerateRequest
-from tests.integration.conftest import HELD_OUT, TRAIN, UNIQUE, tiny_config
+from tests.integration.conftest import HELD_OUT, TRAIN, UNIQUE, PrometheusScraper, tiny_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 
@@ -223,3 +224,20 @@ def test_prometheus_serves_the_runs_metrics(iteration, scraped):
     } <= set(samples), sorted(samples)
     assert max(samples["ray_spin_pairs_done"]) == UNIQUE
     assert metrics["train"]["final"]["loss"] in [pytest.approx(v) for v in samples["ray_spin_train_loss"]]
+    # After the iteration, longer than Ray's ~20 s expiry of idle gauges, the endpoint still serves its final values.
+    time.sleep(30)
+    after = PrometheusScraper("it-test")
+    after.scrape()
+    assert after.samples["ray_spin_train_loss"] == [pytest.approx(metrics["train"]["final"]["loss"])]
+    assert after.samples["ray_spin_pairs_done"] == [UNIQUE]
+
+
+def test_seeded_prompts_beyond_one_scheduler_step(iteration):
+    """More prompt tokens than vLLM prefills in one step, every request seeded as the generate stage sends them:
+    vLLM's CPU runner died splitting such a prefill until the deployment turned chunked prefill off there."""
+    cfg, _, _ = iteration
+    prompts = [[5 + (i + j) % 400 for j in range(100)] for i in range(64)]  # 6,400 tokens; one step takes 2,048
+    request = GenerateRequest(prompt_token_ids=prompts, max_tokens=[8] * 64, seeds=list(range(64)))
+    response = generator_handle(generator_app_name(cfg)).generate.remote(request).result(timeout_s=600)
+    assert len(response.completions) == 64
+    assert all(c.finish_reason in ("stop", "length") and len(c.token_ids) > 0 for c in response.completions)
