@@ -79,7 +79,8 @@ class GeneratorConfig(_Strict):
     kv_cache_memory_bytes: int | None = Field(256 * 2**20, ge=2**20)
     num_cpus: float = Field(1.0, ge=0.0)
     num_gpus: float = Field(0.0, ge=0.0)
-    prompts_per_request: int = Field(16, ge=1)
+    # callers × prompts_per_request in flight fill max_num_seqs, so the engine batches as wide as it can.
+    prompts_per_request: int = Field(32, ge=1)
     callers: int = Field(2, ge=1, description="Ray Data actors sending prompts to the deployment concurrently.")
     request_timeout_s: float = Field(600.0, gt=0.0)  # a bad request can hang vLLM silently; never wait forever
 

@@ -26,7 +26,7 @@ from tests.bench.common import (
     prepare_model,
 )
 
-PROMPTS_PER_REQUEST = 16  # the generate stage's default (GeneratorConfig.prompts_per_request)
+PROMPTS_PER_REQUEST = 32  # the generate stage's default (GeneratorConfig.prompts_per_request)
 MAX_MODEL_LEN = 512
 
 
@@ -149,7 +149,7 @@ def _deployed(size: Size) -> Iterator[tuple[str, str, float]]:
 
 
 def serve_handle(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
-    """Requests of 16 prompts, all in flight at once, through the deployment handle."""
+    """Requests of 32 prompts, all in flight at once, through the deployment handle."""
     from cluster.weights import generator_handle
     from services.generator.schemas import GenerateRequest
 

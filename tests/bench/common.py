@@ -27,7 +27,7 @@ class Size:
     """How much work one bench does; `smoke` sizes only prove the harness produces well-formed results."""
 
     model: str = "smollm2"
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # bfloat16 on a GPU; float32 on a CPU (bf16 matmuls ran 85x slower than fp32 on this EPYC)
     prompts: int = 64
     max_new_tokens: int = 64
     train_pairs: int = 32
@@ -35,6 +35,12 @@ class Size:
     train_steps: int = 8
     e2e_prompts: list[int] = field(default_factory=lambda: [64, 256, 1024])
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dtype == "auto":
+            import torch
+
+            self.dtype = "bfloat16" if torch.cuda.is_available() else "float32"
 
     @classmethod
     def smoke(cls) -> Size:
