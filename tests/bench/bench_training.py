@@ -277,7 +277,7 @@ def rows(results: dict[str, dict[str, Any]]) -> list[Row]:
             Row(
                 "training",
                 "same_loss",
-                "|loss - TRL loss|, 1st batch",
+                "loss diff vs TRL, 1st batch",
                 check["abs_diff"],
                 "",
                 None,
