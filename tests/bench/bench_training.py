@@ -23,11 +23,14 @@ from tests.bench.common import (
     case_main,
     matmul_peak_flops,
     measured_rows,
+    peak_rss_mb,
     prepare_model,
     rss_mb,
 )
 
 BETA, LR, MAX_GRAD_NORM = 0.1, 5e-7, 1.0  # the paper's β and lr (zephyr, iteration 0), HF's clipping default
+# Weights stay fp32 as both trainers keep master weights; on a GPU both compute under bf16 autocast.
+WEIGHTS_DTYPE = "float32"
 
 
 def _device() -> str:
@@ -36,15 +39,8 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _train_dtype(size: Size) -> str:
-    # Weights stay fp32 as both trainers keep master weights; on GPU both compute under bf16 autocast.
-    return "float32"
-
-
 def _memory(baseline_mb: float) -> float:
     import torch
-
-    from tests.bench.common import peak_rss_mb
 
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
@@ -83,7 +79,7 @@ def spin_update(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
     else:
         pairs = bench_pairs(model_dir, size.train_pairs, size.seed)
     pad = pad_id(load_tokenizer(model_dir))
-    model = load_causal_lm(model_dir, _train_dtype(size), device)
+    model = load_causal_lm(model_dir, WEIGHTS_DTYPE, device)
 
     def batch(i: int, ref: tuple[list[float], list[float]] | None = None) -> Any:
         rows = pairs[i * b : (i + 1) * b]
@@ -174,8 +170,8 @@ def _trl_trainer(size: Size, model_dir: str, ref_dir: str, out_dir: str) -> Any:
         seed=size.seed,
     )
     device = _device()
-    model = load_causal_lm(model_dir, _train_dtype(size), device)
-    ref = load_causal_lm(ref_dir, _train_dtype(size), device)
+    model = load_causal_lm(model_dir, WEIGHTS_DTYPE, device)
+    ref = load_causal_lm(ref_dir, WEIGHTS_DTYPE, device)
     return DPOTrainer(
         model=model, ref_model=ref, args=args, train_dataset=data, processing_class=load_tokenizer(model_dir)
     )

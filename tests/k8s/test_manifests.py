@@ -34,25 +34,27 @@ def all_objects():
     return [(name, o) for name in KUSTOMIZATIONS for o in rendered(name)]
 
 
+def mappings(node):
+    """Every mapping in a parsed YAML/JSON tree, parents before children."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from mappings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from mappings(value)
+
+
 def _strict(schema):
     """The CRD's structural schema, refusing unknown fields as `kubectl apply --validate=strict` does."""
     schema = copy.deepcopy(schema)
-
-    def walk(node):
-        if isinstance(node, dict):
-            if (
-                "properties" in node
-                and "additionalProperties" not in node
-                and not node.get("x-kubernetes-preserve-unknown-fields")
-            ):
-                node["additionalProperties"] = False
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(schema)
+    for node in mappings(schema):
+        if (
+            "properties" in node
+            and "additionalProperties" not in node
+            and not node.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            node["additionalProperties"] = False
     return schema
 
 
@@ -68,38 +70,15 @@ def crd_schemas():
 
 def containers(obj):
     """Every container spec inside an object, wherever its pod templates are."""
-    found = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            for key in ("containers", "initContainers"):
-                if isinstance(node.get(key), list):
-                    found.extend(node[key])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(obj)
-    return found
+    return [c for node in mappings(obj) for key in ("containers", "initContainers") for c in _list(node.get(key))]
 
 
 def pod_specs(obj):
-    found = []
+    return [node for node in mappings(obj) if isinstance(node.get("containers"), list)]
 
-    def walk(node):
-        if isinstance(node, dict):
-            if isinstance(node.get("containers"), list):
-                found.append(node)
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
 
-    walk(obj)
-    return found
+def _list(value):
+    return value if isinstance(value, list) else []
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
