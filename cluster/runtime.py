@@ -1,7 +1,7 @@
 """Starting or joining Ray with the project's settings, the same way in every process.
 
 Every process of a run (the driver, Ray's workers, the Serve replica, a Jobs client) must agree on these
-settings; the local defaults bind everything to 127.0.0.1 and talk to nothing outside (DESIGN.md §5).
+settings; the local defaults bind everything to 127.0.0.1 and talk to nothing outside.
 """
 
 from __future__ import annotations

@@ -1,12 +1,18 @@
 """`spin`: the command line.
 
-spin demo                         SPIN on the embedded default (tiny model, arithmetic, local Ray)
+spin demo                         SPIN on the embedded default (tiny model, arithmetic, local Ray), two iterations
 spin run CONFIG [--iteration K]   run a config's iterations (resuming; finished ones are skipped)
+spin baseline CONFIG              train and evaluate continued SFT at equal compute, after the iterations
+spin report RUN                   the run's table, report.json and plots (RUN: a run id or a storage URI)
+spin server                       the control plane (REST API, monitoring page)
+spin runs create|list|get|launch|watch|cancel|delete   runs on a control plane
 spin tiny-model OUT               write the offline tiny Llama model and tokenizer
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -14,6 +20,7 @@ from typing import Annotated
 
 import typer
 
+from jobs.config import SpinConfig
 from services.control_plane.cli import runs, serve_control_plane
 
 # Plain tracebacks: they end up in Ray Job logs and the control plane's error fields, not only on terminals.
@@ -29,16 +36,31 @@ ConfigArg = Annotated[str, typer.Argument(help="A SPIN config YAML: a local file
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config field: section.field=value.")]
 
 
+def _load_and_connect(config: str, overrides: list[str] | None) -> SpinConfig:
+    """Read a config, set the project's environment for where it runs, and join (or start) Ray."""
+    from cluster.files import read_text
+    from cluster.runtime import apply_env
+
+    cfg = SpinConfig.from_yaml_text(read_text(config), overrides, source=config)
+    apply_env(local=not (os.environ.get("RAY_ADDRESS") or cfg.ray.address))
+    from cluster.logs import setup_logging
+    from cluster.runtime import connect
+
+    setup_logging()
+    connect(cfg.ray.address, num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory)
+    return cfg
+
+
 @app.command()
 def demo(
     config: Annotated[Path | None, typer.Option(help="Demo config (default: jobs/configs/demo_cpu.yaml).")] = None,
     set_: SetOpt = None,
 ) -> None:
-    """Run one SPIN iteration of the tiny model on arithmetic problems, on a local Ray cluster."""
+    """Run SPIN on the tiny model and arithmetic problems on a local Ray cluster, then the baseline and report."""
     from cluster.runtime import apply_env
 
     apply_env(local=True)
-    from jobs.demo import DEMO_CONFIG, run_demo
+    from jobs.demo.driver import DEMO_CONFIG, run_demo
 
     run_demo(config or DEMO_CONFIG, set_)
 
@@ -50,34 +72,24 @@ def run(
     set_: SetOpt = None,
 ) -> None:
     """Run (or resume) iterations of a config: locally, or on the cluster in $RAY_ADDRESS (as a Ray Job)."""
-    import os
-
-    from cluster.runtime import apply_env
-    from jobs.config import SpinConfig
-    from jobs.storage import read_text
-
-    cfg = SpinConfig.from_yaml_text(read_text(config), set_, source=config)
-    apply_env(local=not (os.environ.get("RAY_ADDRESS") or cfg.ray.address))
-    from cluster.runtime import connect
+    cfg = _load_and_connect(config, set_)
     from jobs.iteration import run_iteration
-    from jobs.logs import setup_logging
+    from jobs.iteration.context import generator_app_name
     from jobs.progress import LogSink, Progress, RichSink
+    from services.generator.client import stop_serving
 
-    setup_logging()
-    connect(cfg.ray.address, num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory)
     # `ray job stop` sends SIGTERM: unwind normally so the generator's resources are released.
     signal.signal(signal.SIGTERM, _interrupt)
     todo = [iteration] if iteration is not None else list(range(cfg.num_iterations))
     finished = interrupted = False
     try:
         for k in todo:
-            sinks = [RichSink()] if sys.stderr.isatty() else [LogSink()]
+            sink = RichSink() if sys.stderr.isatty() else LogSink()
             try:
-                run_iteration(cfg, k, Progress(*sinks))
+                run_iteration(cfg, k, Progress(sink))
             finally:
-                for sink in sinks:
-                    if isinstance(sink, RichSink):
-                        sink.close()
+                if isinstance(sink, RichSink):
+                    sink.close()
             if iteration is None and _stopped_by_rule(cfg, k):
                 finished = True
                 break
@@ -87,23 +99,18 @@ def run(
         raise
     finally:
         if finished or interrupted:
-            from cluster.weights import stop_serving
-            from jobs.generate import generator_app_name
-
             stop_serving(generator_app_name(cfg))
 
 
-def _stopped_by_rule(cfg: object, k: int) -> bool:
+def _stopped_by_rule(cfg: SpinConfig, k: int) -> bool:
     """Headless runs apply the stopping rule between iterations (the control plane does it for its runs)."""
-    import logging
-
-    from jobs.report import STOP_FILE, load_run, stop_decision
+    from jobs.report.results import load_run
+    from jobs.report.stopping import record_stop, stop_decision
     from jobs.storage import RunStorage
 
-    decision = stop_decision(cfg.stopping, load_run(cfg.storage_uri).iterations)  # type: ignore[attr-defined]
-    if decision.stop:
-        storage = RunStorage(cfg.storage_uri)  # type: ignore[attr-defined]
-        storage.write_json(storage.path(STOP_FILE), {"after_iteration": k, "reason": decision.reason})
+    decision = stop_decision(cfg.stopping, load_run(cfg.storage_uri).iterations)
+    if decision.stop and decision.reason:
+        record_stop(RunStorage(cfg.storage_uri), k, decision.reason)
         logging.getLogger("spin").info("run stopped by its stopping rule", extra={"reason": decision.reason})
     return decision.stop
 
@@ -126,20 +133,11 @@ def server(
 @app.command()
 def baseline(config: ConfigArg, set_: SetOpt = None) -> None:
     """Train and evaluate the continued-SFT-at-equal-compute baseline of a run whose iterations are done."""
-    import os
+    cfg = _load_and_connect(config, set_)
+    from jobs.baseline.continued_sft import run_continued_sft
 
-    from cluster.runtime import apply_env
-    from jobs.config import SpinConfig
-    from jobs.storage import read_text
-
-    cfg = SpinConfig.from_yaml_text(read_text(config), set_, source=config)
-    apply_env(local=not (os.environ.get("RAY_ADDRESS") or cfg.ray.address))
-    from cluster.runtime import connect
-    from jobs.baseline import run_continued_sft
-
-    connect(cfg.ray.address, num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_memory)
     metrics = run_continued_sft(cfg)
-    typer.echo(f"continued SFT: task metric {metrics.get('task_metric')}, steps {metrics['train']['steps']}")
+    typer.echo(f"continued SFT: task metric {metrics.task_metric}, steps {metrics.train.steps}")
 
 
 @app.command()
@@ -150,7 +148,9 @@ def report(
     """Print the run's table (each model against the SFT model) and write report.json and PNG plots."""
     from rich.console import Console
 
-    from jobs.report import load_run, report_rows, rich_table, write_report
+    from jobs.report.render import rich_table, write_report
+    from jobs.report.results import load_run, report_rows
+    from jobs.storage import RunStorage
 
     storage_uri = run
     if "/" not in run:
@@ -163,15 +163,16 @@ def report(
     console = Console()
     console.print(rich_table(report_rows(record), title=f"SPIN report: {storage_uri}"))
     if record.stopped:
-        console.print(f"stopped after iteration {record.stopped['after_iteration']}: {record.stopped['reason']}")
-    for path in write_report(record, out or Path(storage_uri.split("://")[-1]) / "report"):
+        console.print(f"stopped after iteration {record.stopped.after_iteration}: {record.stopped.reason}")
+    storage = RunStorage(storage_uri)
+    for path in write_report(record, out or (storage.report() if storage.uri == storage.root else "spin-report")):
         console.print(f"wrote {path}")
 
 
 @app.command("tiny-model")
 def tiny_model(out: Annotated[Path, typer.Argument(help="Folder to write the model into.")]) -> None:
     """Write the offline tiny Llama model, tokenizer and chat template."""
-    from jobs.tiny_model import build_tiny_model
+    from jobs.demo.tiny_model import build_tiny_model
 
     typer.echo(build_tiny_model(out))
 

@@ -5,7 +5,7 @@ Defaults are the paper's (Chen et al. 2024, zephyr-7b-sft-full on UltraChat-200k
 configs/config.yaml) unless a comment says why not.
 
     cfg = SpinConfig.from_yaml("jobs/configs/demo_cpu.yaml", overrides=["train.beta=0.2"])
-    cfg.iteration(1)  # the settings iteration 1 runs with
+    cfg.iteration(1)  # what iteration 1 runs with: its prompts and its resolved train config
 """
 
 from __future__ import annotations
@@ -14,29 +14,23 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-LossType = Literal["sigmoid", "hinge", "ipo"]  # mirrors jobs.spin.loss.LossType, which needs torch
+from cluster.files import absolute
+from jobs.spin.names import LossType
+from services.generator.schemas import EngineSettings, Strict
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _absolute(uri: str) -> str:
-    # Ray's workers run in other folders: a relative path means the loading process's working folder.
-    return uri if "://" in uri else str(Path(uri).expanduser().absolute())
+# Ray's workers run in other folders: a relative path means the loading process's working folder, made absolute
+# (and resolved) at load, exactly as every reader of the location will open it.
+Location = Annotated[str, AfterValidator(absolute)]
 
 
-Location = Annotated[str, AfterValidator(_absolute)]
-
-
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     path: Location = Field(description="Hugging Face checkpoint folder of the SFT model (iteration 0's reference).")
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     path: Location | None = Field(None, description="JSONL or Parquet file, folder or pyarrow.fs URI (s3://...).")
     source: Literal["file", "chatterbot"] = Field(
         "file", description="`chatterbot` reads the English chatterbot-corpus package instead of `path`."
@@ -57,7 +51,7 @@ class DataConfig(_Strict):
         return self
 
 
-class SamplingConfig(_Strict):
+class SamplingConfig(Strict):
     # spin/generate_vllm.py samples at temperature 1.0, top_p 1.0: the model's own distribution.
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -67,25 +61,19 @@ class SamplingConfig(_Strict):
     seed: int = 0
 
 
-class GeneratorConfig(_Strict):
-    """The Ray Serve vLLM deployment."""
+class GeneratorConfig(EngineSettings):
+    """The Ray Serve vLLM deployment: its engine settings, and how the generate stage calls it."""
 
-    num_replicas: int = Field(1, ge=1)
-    tensor_parallel_size: int = Field(1, ge=1)
-    max_num_seqs: int = Field(64, ge=1)
-    enforce_eager: bool = True  # CUDA graphs / torch.compile add minutes of start-up for little gain here
-    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
-    # Without a bound, vLLM's CPU backend takes ~92% of RAM for its KV cache (DESIGN.md §5).
+    # Without a bound, vLLM's CPU backend takes ~92% of RAM for its KV cache. 256 MiB is ~5,800 tokens of
+    # SmolLM2-135M in fp32 (46 KB a token); raise it for bigger batches. Ignored on GPUs.
     kv_cache_memory_bytes: int | None = Field(256 * 2**20, ge=2**20)
-    num_cpus: float = Field(1.0, ge=0.0)
-    num_gpus: float = Field(0.0, ge=0.0)
     # callers × prompts_per_request in flight fill max_num_seqs, so the engine batches as wide as it can.
     prompts_per_request: int = Field(32, ge=1)
     callers: int = Field(2, ge=1, description="Ray Data actors sending prompts to the deployment concurrently.")
     request_timeout_s: float = Field(600.0, gt=0.0)  # a bad request can hang vLLM silently; never wait forever
 
 
-class GuardConfig(_Strict):
+class GuardConfig(Strict):
     """What to do once the real responses' held-out log-prob gain turns negative (see jobs/spin/guard.py)."""
 
     action: Literal["none", "lower_lr", "stop"] = "none"
@@ -94,7 +82,7 @@ class GuardConfig(_Strict):
     lr_factor: float = Field(0.5, gt=0.0, lt=1.0)
 
 
-class EvalConfig(_Strict):
+class EvalConfig(Strict):
     """Held-out evaluation (needs data.held_out_prompts > 0)."""
 
     # A task metric from the data itself: exact match of the final answer, found by `answer_pattern` in the
@@ -111,7 +99,7 @@ class EvalConfig(_Strict):
     )
 
 
-class StoppingConfig(_Strict):
+class StoppingConfig(Strict):
     """When a run stops by itself (see jobs/spin/stopping.py); off unless enabled."""
 
     enabled: bool = False
@@ -121,7 +109,7 @@ class StoppingConfig(_Strict):
     min_iterations: int = Field(1, ge=1)
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     loss_type: LossType = "sigmoid"
     beta: float = Field(0.1, gt=0.0)
     learning_rate: float = Field(5e-7, gt=0.0)
@@ -135,8 +123,7 @@ class TrainConfig(_Strict):
     micro_batch_size: int = Field(8, ge=1, description="Pairs per worker per forward pass.")
     max_prompt_length: int = Field(512, ge=1)
     max_length: int = Field(1024, ge=2)
-    # Pairs whose generation equals the real response give exactly zero gradient and only dilute a batch.
-    # The paper keeps them; on short-answer tasks dropping them matters (research/small-models-data.md §3).
+    # Pairs whose generation equals the real response give exactly zero SPIN gradient. The paper keeps them.
     drop_identical_pairs: bool = False
     # Safeguards against pushing the human answers down with the model's own (off in the paper).
     real_nll_weight: float = Field(0.0, ge=0.0, description="Weight of an added NLL term on the real responses.")
@@ -172,7 +159,7 @@ class TrainConfig(_Strict):
         return self.global_batch_size // (self.micro_batch_size * self.num_workers)
 
 
-class IterationSettings(_Strict):
+class IterationSettings(Strict):
     """Per-iteration overrides; a field left out takes the run-wide value."""
 
     prompts: int | None = Field(None, ge=1)
@@ -183,22 +170,20 @@ class IterationSettings(_Strict):
     mix_previous: bool | None = None
 
 
-class ResolvedIteration(_Strict):
-    """What iteration k runs with, after the overrides."""
+class IterationPlan(Strict):
+    """What iteration k runs with, after its overrides: one train config, so every worker holds one beta, one
+    learning rate, one loss type and one epoch count."""
 
     index: int
     prompts: int
-    epochs: int
-    learning_rate: float
-    beta: float
-    loss_type: LossType
     mix_previous: bool
+    train: TrainConfig
 
 
-class RayConfig(_Strict):
+class RayConfig(Strict):
     address: str | None = Field(None, description="Join this cluster; None starts a local one on 127.0.0.1.")
-    # Logical CPUs for a local cluster. More than the cores on purpose: Ray Data stages otherwise wait
-    # forever for a CPU that Serve and Train hold (DESIGN.md §5).
+    # Logical CPUs for a local cluster. More than the cores on purpose: on 2 cores, Ray Data stages otherwise
+    # wait forever for a CPU that the Serve replica and the Train workers hold.
     num_cpus: float | None = 4
     object_store_memory: int | None = 512 * 2**20
 
@@ -212,7 +197,7 @@ _PAPER_SCHEDULE = [
 ]
 
 
-class SpinConfig(_Strict):
+class SpinConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     storage_uri: Location = Field(description="Where iter_<k>/ folders go: a local path or a pyarrow.fs URI.")
     model: ModelConfig
@@ -240,22 +225,18 @@ class SpinConfig(_Strict):
     def num_iterations(self) -> int:
         return len(self.iterations)
 
-    def iteration(self, k: int) -> ResolvedIteration:
+    def iteration(self, k: int) -> IterationPlan:
         if not 0 <= k < self.num_iterations:
             raise IndexError(f"iteration {k} is outside this run's {self.num_iterations} iterations")
         o = self.iterations[k]
-
-        def pick(value: Any, default: Any) -> Any:
-            return default if value is None else value
-
-        return ResolvedIteration(
+        train = {name: getattr(o, name) for name in ("epochs", "learning_rate", "beta", "loss_type")}
+        return IterationPlan(
             index=k,
-            prompts=pick(o.prompts, self.prompts_per_iteration),
-            epochs=pick(o.epochs, self.train.epochs),
-            learning_rate=pick(o.learning_rate, self.train.learning_rate),
-            beta=pick(o.beta, self.train.beta),
-            loss_type=pick(o.loss_type, self.train.loss_type),
-            mix_previous=pick(o.mix_previous, self.mix_previous),
+            prompts=self.prompts_per_iteration if o.prompts is None else o.prompts,
+            mix_previous=self.mix_previous if o.mix_previous is None else o.mix_previous,
+            train=TrainConfig.model_validate(
+                self.train.model_dump() | {key: value for key, value in train.items() if value is not None}
+            ),
         )
 
     @classmethod
@@ -270,7 +251,7 @@ class SpinConfig(_Strict):
         return cls.model_validate(apply_overrides(data, overrides or []))
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False), sort_keys=False)
+        return str(yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=False), sort_keys=False))
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -12,7 +12,12 @@ from typing import Any, Protocol
 from jobs.storage import RunStorage
 
 logger = logging.getLogger("spin")
-SHOWN = ("loss", "margin", "acc", "tokens_per_s")  # progress info worth a place on a progress bar
+SHOWN = ("loss", "margin", "rewards/accuracies", "tokens_per_s")  # progress info worth a place on a progress bar
+
+
+def shown_info(info: dict[str, Any]) -> str:
+    """The part of a stage's progress info that a progress bar shows, as text."""
+    return "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items() if k in SHOWN)
 
 
 class Sink(Protocol):
@@ -91,7 +96,7 @@ class StatusSink:
     """iter_<k>/status.json in the run's storage: the current stage and how far it is, for the control plane."""
 
     def __init__(self, storage: RunStorage, iteration: int, every_s: float = 2.0):
-        self.storage, self.path, self.every_s = storage, storage.iteration_path(iteration, "status.json"), every_s
+        self.storage, self.path, self.every_s = storage, storage.status(iteration), every_s
         self.status: dict[str, Any] = {"iteration": iteration, "stage": None, "stage_seconds": {}}
         if storage.exists(self.path):  # an earlier attempt: keep the times of the stages it finished
             self.status["stage_seconds"] = dict(storage.read_json(self.path).get("stage_seconds", {}))
@@ -144,9 +149,7 @@ class RichSink:
         self.tasks[stage] = self.bars.add_task(stage, total=total, info="")
 
     def update(self, stage: str, completed: int, total: int | None, info: dict[str, Any]) -> None:
-        shown = {k: v for k, v in info.items() if k in SHOWN}
-        text = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
-        self.bars.update(self.tasks[stage], completed=completed, total=total, info=text)
+        self.bars.update(self.tasks[stage], completed=completed, total=total, info=shown_info(info))
 
     def end(self, stage: str, seconds: float | None, error: str | None) -> None:
         task = self.tasks[stage]

@@ -1,10 +1,16 @@
-"""A run's storage: the folder layout, atomic commits, and local copies of remote checkpoints.
+"""A run's storage: every path of a run folder, and atomic commits of what the stages write.
 
-    <storage_uri>/iter_<k>/generations/   pair records before scoring (Parquet)
-    <storage_uri>/iter_<k>/pairs/         pair records with reference log-probs (Parquet)
-    <storage_uri>/iter_<k>/train/         Ray Train's resumable checkpoints
-    <storage_uri>/iter_<k>/model/         the model iteration k produced (Hugging Face checkpoint)
-    <storage_uri>/iter_<k>/metrics.json   what iteration k measured
+    <storage_uri>/config.yaml                    config()             the run's config
+    <storage_uri>/iter_<k>/status.json           status(k)            live progress of iteration k (stage, units done)
+    <storage_uri>/iter_<k>/generations/          generations(k)       generation records before scoring (Parquet)
+    <storage_uri>/iter_<k>/pairs/                pairs(k)             pair records with reference log-probs (Parquet)
+    <storage_uri>/iter_<k>/train/                train(k)             Ray Train's resumable checkpoints
+    <storage_uri>/iter_<k>/train/best/step_<n>/  best(k, n)           the best evaluated weights, while training
+    <storage_uri>/iter_<k>/model/                model(k)             the model iteration k produced (Hugging Face)
+    <storage_uri>/iter_<k>/metrics.json          metrics(k)           what iteration k measured (jobs/metrics.py)
+    <storage_uri>/baselines/<name>/              baseline(name)       a baseline's model/ and metrics.json
+    <storage_uri>/stopped.json                   stopped()            why the stopping rule ended the run
+    <storage_uri>/report/                        report()             report.json and the plots of `spin report`
 
 A folder counts as written only once its `_SUCCESS` marker exists. Contents are written to a staging
 folder, moved into place, and marked last, so a crash at any point leaves nothing that looks complete.
@@ -13,44 +19,72 @@ Works for local paths and any pyarrow.fs URI (s3://, gs://, ...).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
 
-MARKER = "_SUCCESS"
+from cluster.files import MARKER, absolute, filesystem, is_uri, local_copy
+
+CONTINUED_SFT = "continued_sft"  # the baseline SPIN is compared against
 
 
 class RunStorage:
     def __init__(self, uri: str):
-        if "://" not in uri:
-            uri = str(Path(uri).expanduser().resolve())
-        self.uri = uri.rstrip("/")
-        self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
+        self._scheme = absolute(uri).split("://", 1)[0] if is_uri(absolute(uri)) else None
+        self.fs, self.root = filesystem(uri)
+        self.uri = self.uri_of(self.root)
 
-    # --- layout -------------------------------------------------------------------------------------
+    # --- the layout ---------------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
-    def iteration_path(self, k: int, *parts: str) -> str:
+    def config(self) -> str:
+        return self.path("config.yaml")
+
+    def iteration(self, k: int, *parts: str) -> str:
         return self.path(f"iter_{k}", *parts)
+
+    def status(self, k: int) -> str:
+        return self.iteration(k, "status.json")
+
+    def generations(self, k: int) -> str:
+        return self.iteration(k, "generations")
+
+    def pairs(self, k: int) -> str:
+        return self.iteration(k, "pairs")
+
+    def train(self, k: int) -> str:
+        return self.iteration(k, "train")
+
+    def best(self, k: int, step: int) -> str:
+        return self.iteration(k, "train", "best", f"step_{step}")
+
+    def model(self, k: int) -> str:
+        return self.iteration(k, "model")
+
+    def metrics(self, k: int) -> str:
+        return self.iteration(k, "metrics.json")
+
+    def baseline(self, name: str, *parts: str) -> str:
+        return self.path("baselines", name, *parts)
+
+    def stopped(self) -> str:
+        return self.path("stopped.json")
+
+    def report(self) -> str:
+        return self.path("report")
 
     def uri_of(self, path: str) -> str:
         """The URI form of a path of this filesystem (a plain path for local storage)."""
-        if isinstance(self.fs, pafs.LocalFileSystem):
-            return path
-        scheme = self.uri.split("://", 1)[0]
-        return f"{scheme}://{path}"
+        return path if self._scheme is None else f"{self._scheme}://{path}"
 
     # --- atomic folders -----------------------------------------------------------------------------
     def is_complete(self, path: str) -> bool:
-        return self.fs.get_file_info(f"{path}/{MARKER}").type == pafs.FileType.File
+        return bool(self.fs.get_file_info(f"{path}/{MARKER}").type == pafs.FileType.File)
 
     def marker(self, path: str) -> dict[str, Any]:
         with self.fs.open_input_stream(f"{path}/{MARKER}") as f:
@@ -97,7 +131,13 @@ class RunStorage:
     # --- small files --------------------------------------------------------------------------------
     def write_json(self, path: str, obj: Any) -> None:
         """Write a JSON file atomically (temporary name, then rename; a single PUT on object stores)."""
-        data = json.dumps(obj, indent=1, sort_keys=True).encode()
+        self.write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+    def write_text(self, path: str, text: str) -> None:
+        self.write_bytes(path, text.encode())
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write a small file atomically: readers see the old content or the new, never a part."""
         if isinstance(self.fs, pafs.LocalFileSystem):
             self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
             tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
@@ -106,53 +146,20 @@ class RunStorage:
         else:
             self._write_bytes(path, data)
 
-    def write_text(self, path: str, text: str) -> None:
-        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        self._write_bytes(path, text.encode())
-
     def read_json(self, path: str) -> Any:
+        return json.loads(self.read_text(path))
+
+    def read_text(self, path: str) -> str:
         with self.fs.open_input_stream(path) as f:
-            return json.loads(f.read().decode())
+            return bytes(f.read()).decode()
 
     def local_path(self, path: str) -> str:
         """A local folder holding the storage folder `path` (itself for local storage, else a download)."""
         return local_copy(self.uri_of(path))
 
     def exists(self, path: str) -> bool:
-        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+        return bool(self.fs.get_file_info(path).type != pafs.FileType.NotFound)
 
     def _write_bytes(self, path: str, data: bytes) -> None:
         with self.fs.open_output_stream(path) as f:
             f.write(data)
-
-
-def local_copy(uri: str, cache_root: str | None = None) -> str:
-    """A local folder holding the folder at `uri`: the path itself when local, else a cached download.
-
-    vLLM and transformers load checkpoints from local folders; this lets a run's models live on S3.
-    """
-    if "://" not in uri:
-        return uri
-    fs, path = pafs.FileSystem.from_uri(uri)
-    if isinstance(fs, pafs.LocalFileSystem):
-        return path
-    root = Path(cache_root or os.environ.get("SPIN_CACHE_DIR") or Path(tempfile.gettempdir()) / "spin-cache")
-    target = root / hashlib.sha1(uri.encode()).hexdigest()[:16]
-    if (target / MARKER).exists():
-        return str(target)
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root))
-    pafs.copy_files(path, str(staging), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-    (staging / MARKER).touch()
-    try:
-        staging.rename(target)
-    except OSError:  # another process finished the same download first
-        shutil.rmtree(staging, ignore_errors=True)
-    return str(target)
-
-
-def read_text(uri: str) -> str:
-    """The text of a local file or of any pyarrow.fs URI."""
-    fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).absolute()))
-    with fs.open_input_stream(path) as f:
-        return bytes(f.read()).decode()

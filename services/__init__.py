@@ -1,0 +1,2 @@
+"""The long-running services: the generator (`generator/`, Ray Serve + vLLM) and the control plane
+(`control_plane/`, FastAPI)."""

@@ -8,11 +8,20 @@ import pytest  # noqa: E402
 
 from cluster.runtime import connect, start_head, stop_head  # noqa: E402
 
+RAY_FIXTURES = {"ray_head", "ray_cluster", "iteration"}
+
+
+def pytest_collection_modifyitems(items):
+    """A test that uses a Ray fixture is a `ray` test, so `-m "not ray"` (make test-core) leaves it out."""
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A freshly built tiny Llama and tokenizer (random weights), shared by the session."""
-    from jobs.tiny_model import build_tiny_model
+    from jobs.demo.tiny_model import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
 
@@ -41,8 +50,8 @@ def ray_cluster(ray_head):
 def sft_model_dir(tiny_model_dir, tmp_path_factory):
     """The tiny model after a short SFT on arithmetic problems: it answers in the task's format, so greedy
     outputs are varied text rather than one repeated token."""
-    from jobs.arithmetic import make_problems
-    from jobs.sft import sft
+    from jobs.baseline.sft import sft
+    from jobs.demo.arithmetic import make_problems
 
     examples = [([{"role": "user", "content": p.question}], p.solution) for p in make_problems(1000, seed=11)]
     out = tmp_path_factory.mktemp("sft") / "model"

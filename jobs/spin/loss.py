@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
-LossType = Literal["sigmoid", "hinge", "ipo"]
-LOSS_TYPES: tuple[str, ...] = get_args(LossType)
+from jobs.spin.names import LOSS_TYPES, LossType
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,6 @@
 """SPIN diagnostics, reduced as sums so that every rank's pairs count (the official code logs rank 0 only).
 
-Names follow TRL's DPO trainer with SPIN's vocabulary:
-
-    loss                  mean per-pair loss
-    rewards/real          β · (log pθ − log pref)(real)
-    rewards/generated     β · (log pθ − log pref)(generated)
-    rewards/margins       rewards/real − rewards/generated
-    rewards/accuracies    share of pairs with rewards/real > rewards/generated
-    logps/real            log pθ(real), summed over response tokens
-    logps/generated       log pθ(generated)
-    gain/real             log pθ(real) − log pref(real): negative means the human answers are being pushed down
-    gain/generated        log pθ(generated) − log pref(generated)
-    margin                gain/real − gain/generated (0 at the first step of an iteration)
+The names, in `METRIC_NAMES` order, are explained in jobs/spin/names.py.
 """
 
 from __future__ import annotations
@@ -21,19 +10,7 @@ import re
 import torch
 
 from jobs.spin.loss import SpinLossOutput
-
-METRIC_NAMES: tuple[str, ...] = (
-    "loss",
-    "rewards/real",
-    "rewards/generated",
-    "rewards/margins",
-    "rewards/accuracies",
-    "logps/real",
-    "logps/generated",
-    "gain/real",
-    "gain/generated",
-    "margin",
-)
+from jobs.spin.names import METRIC_NAMES
 
 
 def pair_metric_sums(
@@ -68,9 +45,11 @@ def metrics_from_sums(sums: torch.Tensor) -> dict[str, float]:
     return {name: float(value) / count for name, value in zip(METRIC_NAMES, sums[:-1].tolist(), strict=True)}
 
 
-def real_nll(policy_real: torch.Tensor, real_tokens: torch.Tensor) -> float:
-    """Per-token negative log-likelihood of the real responses: −Σ log pθ(real) / Σ |real|."""
-    return float(-policy_real.sum() / real_tokens.sum())
+def response_nll(logps: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Per-token negative log-likelihood of responses from their summed log-probs: −Σ log p(y) / Σ |y|.
+
+    The SFT loss, and the `nll/real` every model is evaluated by."""
+    return -logps.sum() / tokens.sum()
 
 
 def answer_match(predictions: list[str], references: list[str], pattern: str) -> tuple[float, int]:

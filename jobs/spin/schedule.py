@@ -59,21 +59,28 @@ class StepPlan:
 
 
 def lr_multiplier(
-    total_steps: int, warmup_ratio: float, kind: Literal["linear", "constant"] = "linear"
+    total_steps: int, warmup_steps: int, kind: Literal["linear", "cosine", "constant"] = "linear"
 ) -> Callable[[int], float]:
     """Multiplier of the peak learning rate for the update made at 0-based `step`.
 
-    Linear warm-up over ceil(warmup_ratio · total_steps) steps, then (linear) decay towards 0 at
-    total_steps, as HF's get_linear_schedule_with_warmup, except that the first update already
-    moves (1/warmup of the peak, not 0).
+    Linear warm-up over `warmup_steps`, then a decay towards 0 at total_steps: linear (HF's
+    get_linear_schedule_with_warmup), half a cosine, or none. Unlike HF's, the first update already moves
+    (1/warmup of the peak, not 0).
     """
-    warmup = math.ceil(warmup_ratio * total_steps)
 
     def multiplier(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         if kind == "constant":
             return 1.0
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return max(0.0, 1.0 - progress)
 
     return multiplier
+
+
+def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
+    """Warm-up steps for a share of the run, rounded up (so a short run still warms up)."""
+    return math.ceil(warmup_ratio * total_steps)

@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from jobs.progress import SHOWN
+from jobs.metrics import IterationMetrics
+from jobs.progress import shown_info
 from services.control_plane.client import TOKEN_FILE, SpinAPIError, SpinClient
 
 runs = typer.Typer(no_args_is_help=True, help="Create, launch, watch and cancel runs on a control plane.")
@@ -47,7 +48,7 @@ def serve_control_plane(host: str, port: int, local_ray: bool, num_cpus: float |
         console.print(f"API token in {TOKEN_FILE} (the CLI and client read it from there)")
     import uvicorn
 
-    from jobs.logs import setup_logging
+    from cluster.logs import setup_logging
     from services.control_plane.main import create_app
 
     setup_logging()
@@ -71,14 +72,14 @@ def iteration_table(run: dict[str, Any]) -> Table:
     for it in run["iterations"]:
         p = it.get("progress") or {}
         progress = f"{p.get('completed')}/{p.get('total')}" if p.get("total") else ""
-        final = ((it.get("metrics") or {}).get("train") or {}).get("final") or {}
+        final = IterationMetrics.model_validate(it["metrics"]).train.final if it.get("metrics") else None
         table.add_row(
             str(it["index"]),
             it["state"],
             it.get("stage") or "",
             progress,
-            f"{final['loss']:.4f}" if "loss" in final else "",
-            f"{final['rewards/accuracies']:.3f}" if "rewards/accuracies" in final else "",
+            f"{final.loss:.4f}" if final else "",
+            f"{final.rewards_accuracies:.3f}" if final else "",
             str(it["attempts"]),
         )
     return table
@@ -152,11 +153,7 @@ def watch_run(client: SpinClient, run_id: str, out: Console | None = None) -> di
                     key = (it["index"], stage)
                     if key not in tasks:
                         tasks[key] = bars.add_task(f"iteration {it['index']} {stage:<8}", total=p.get("total"), info="")
-                    info = "  ".join(
-                        f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                        for k, v in (p.get("info") or {}).items()
-                        if k in SHOWN
-                    )
+                    info = shown_info(p.get("info") or {})
                     bars.update(tasks[key], completed=p.get("completed") or 0, total=p.get("total"), info=info)
 
         return client.wait(run_id, on_update=show, timeout_s=7 * 24 * 3600)

@@ -64,9 +64,6 @@ class SpinClient:
     def get_run(self, run_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/runs/{run_id}"))
 
-    def iterations(self, run_id: str) -> list[dict[str, Any]]:
-        return list(self._call("GET", f"/runs/{run_id}/iterations"))
-
     def launch(self, run_id: str, iterations: int = 1) -> dict[str, Any]:
         return dict(self._call("POST", f"/runs/{run_id}/launch", json={"iterations": iterations}))
 

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import posixpath
 from collections.abc import Iterable
 
-
-def _normalise(location: str) -> str:
-    if "://" in location:
-        scheme, rest = location.split("://", 1)
-        if scheme == "file":
-            return os.path.realpath(rest)
-        return f"{scheme.lower()}://{posixpath.normpath(rest)}".rstrip("/")
-    return os.path.realpath(location)
+from cluster.files import absolute
 
 
 def is_within(location: str, roots: Iterable[str]) -> bool:
-    """Whether `location` (a local path or URI) lies inside one of `roots`, after resolving `..` and symlinks."""
+    """Whether `location` (a local path or URI) lies inside one of `roots`, normalised exactly as the code that
+    later opens it normalises it (`..` and symlinks of local paths resolved)."""
     if "\x00" in location:
         return False
-    target = _normalise(location)
+    target = absolute(location)
     for root in roots:
-        base = _normalise(root)
+        base = absolute(root)
         if target == base or target.startswith(base.rstrip("/") + "/"):
             return True
     return False

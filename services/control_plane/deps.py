@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from services.control_plane.errors import Conflict, ControlPlaneError, Forbidden
-from services.control_plane.launcher import RayJobLauncher
+from services.control_plane.launcher import Launcher
 from services.control_plane.settings import Settings
 
 
@@ -40,7 +40,7 @@ def get_session(request: Request) -> Iterator[Session]:
         session.close()
 
 
-def get_launcher(request: Request) -> RayJobLauncher:
+def get_launcher(request: Request) -> Launcher:
     return request.app.state.launcher  # type: ignore[no-any-return]
 
 
@@ -63,5 +63,5 @@ def require_token(
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-LauncherDep = Annotated[RayJobLauncher, Depends(get_launcher)]
+LauncherDep = Annotated[Launcher, Depends(get_launcher)]
 TokenDep = Depends(require_token)

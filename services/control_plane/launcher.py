@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from services.control_plane.errors import Unavailable
-
-# Ray's job states, and whether each is final.
-FINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
 @dataclass(frozen=True)
 class JobStatus:
     status: str  # PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED
     message: str | None
+
+
+class Launcher(Protocol):
+    """What the control plane needs of a cluster: submit, follow and stop an iteration's job."""
+
+    def submit(self, job_id: str, config_uri: str, index: int, metadata: dict[str, str]) -> str: ...
+    def status(self, job_id: str) -> JobStatus | None: ...
+    def stop(self, job_id: str) -> None: ...
+    def logs_tail(self, job_id: str, lines: int = 30) -> str: ...
+    def reachable(self) -> bool: ...
 
 
 def submission_id(run_id: str, index: int, attempt: int) -> str:

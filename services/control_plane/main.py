@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from services.control_plane import errors
 from services.control_plane.db import make_engine, make_sessionmaker
-from services.control_plane.launcher import RayJobLauncher
+from services.control_plane.launcher import Launcher, RayJobLauncher
 from services.control_plane.reconciler import Reconciler
 from services.control_plane.routes import health, page, runs
 from services.control_plane.settings import Settings
@@ -72,11 +72,14 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def create_app(settings: Settings | None = None, *, reconcile: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, launcher: Launcher | None = None, reconcile: bool = True
+) -> FastAPI:
+    """The app, its database and its reconciler; `launcher` defaults to Ray Jobs on `settings.ray_dashboard_url`."""
     settings = settings or Settings()
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
-    launcher = RayJobLauncher(settings.ray_dashboard_url, settings.job_python, settings.job_num_cpus)
+    launcher = launcher or RayJobLauncher(settings.ray_dashboard_url, settings.job_python, settings.job_num_cpus)
     reconciler = Reconciler(sessions, launcher, settings.job_retries)
 
     @contextlib.asynccontextmanager

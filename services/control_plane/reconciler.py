@@ -13,27 +13,28 @@ import logging
 import re
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from jobs.config import SpinConfig
-from jobs.report import STOP_FILE, stop_decision
+from jobs.metrics import IterationMetrics
+from jobs.report.stopping import record_stop, stop_decision
 from jobs.storage import RunStorage
 from services.control_plane.db import Iteration, IterationState, Run, RunState, utcnow
 from services.control_plane.errors import Unavailable
-from services.control_plane.launcher import RayJobLauncher, submission_id
+from services.control_plane.launcher import Launcher, submission_id
 from services.control_plane.store import active_iterations, settle_run, stop_run
 
 logger = logging.getLogger("spin.control_plane")
 
-CONFIG_FILE = "config.yaml"
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*:")
 
 
 def config_uri(run: Run) -> str:
     storage = RunStorage(run.storage_uri)
-    return storage.uri_of(storage.path(CONFIG_FILE))
+    return storage.uri_of(storage.config())
 
 
 def failure_summary(message: str | None, log_tail: str) -> str:
@@ -43,7 +44,7 @@ def failure_summary(message: str | None, log_tail: str) -> str:
 
 
 class Reconciler:
-    def __init__(self, sessions: sessionmaker[Session], launcher: RayJobLauncher, job_retries: int):
+    def __init__(self, sessions: sessionmaker[Session], launcher: Launcher, job_retries: int):
         self.sessions = sessions
         self.launcher = launcher
         self.job_retries = job_retries
@@ -53,7 +54,7 @@ class Reconciler:
         with self.sessions() as session:
             run_ids = session.scalars(select(Run.id).where(Run.state == RunState.RUNNING)).all()
         for run_id in run_ids:
-            self._submitted: list[str] = []
+            self._submitted = []
             try:
                 with self.sessions.begin() as session:  # one short transaction per run
                     run = session.get(Run, run_id)
@@ -98,11 +99,17 @@ class Reconciler:
             if it.state != IterationState.RUNNING:
                 it.state, it.started_at = IterationState.RUNNING, it.started_at or utcnow()
         elif status.status == "SUCCEEDED":
-            metrics = self._read_json(run, it.index, "metrics.json")
+            storage = RunStorage(run.storage_uri)
+            metrics = _read_json(storage, storage.metrics(it.index))
             if metrics is None:
                 self._retry_or_fail(run, it, "the job succeeded but wrote no metrics.json")
                 return
-            it.metrics, it.state, it.stage, it.finished_at = metrics, IterationState.SUCCEEDED, None, utcnow()
+            try:
+                checked = IterationMetrics.model_validate(metrics).model_dump(mode="json")
+            except ValidationError as e:
+                self._retry_or_fail(run, it, f"the job's metrics.json does not parse: {e}")
+                return
+            it.metrics, it.state, it.stage, it.finished_at = checked, IterationState.SUCCEEDED, None, utcnow()
             logger.info("iteration succeeded", extra={"run": run.id, "iteration": it.index})
             self._apply_stopping_rule(run)
         elif status.status == "FAILED":
@@ -113,13 +120,11 @@ class Reconciler:
 
     def _apply_stopping_rule(self, run: Run) -> None:
         cfg = SpinConfig.model_validate(run.config)
-        finished = [it.metrics for it in run.iterations if it.state == IterationState.SUCCEEDED and it.metrics]
-        decision = stop_decision(cfg.stopping, finished)
+        succeeded = [it for it in run.iterations if it.state == IterationState.SUCCEEDED and it.metrics]
+        decision = stop_decision(cfg.stopping, [IterationMetrics.model_validate(it.metrics) for it in succeeded])
         if decision.stop and decision.reason:
             stop_run(run, decision.reason)
-            storage = RunStorage(run.storage_uri)
-            after = max(it.index for it in run.iterations if it.state == IterationState.SUCCEEDED)
-            storage.write_json(storage.path(STOP_FILE), {"after_iteration": after, "reason": decision.reason})
+            record_stop(RunStorage(run.storage_uri), max(it.index for it in succeeded), decision.reason)
             logger.info("run stopped by its stopping rule", extra={"run": run.id, "reason": decision.reason})
 
     def _retry_or_fail(self, run: Run, it: Iteration, error: str) -> None:
@@ -134,16 +139,16 @@ class Reconciler:
             later.state, later.finished_at = IterationState.CANCELLED, utcnow()
 
     def _read_progress(self, run: Run, it: Iteration) -> None:
-        status = self._read_json(run, it.index, "status.json")
+        storage = RunStorage(run.storage_uri)
+        status = _read_json(storage, storage.status(it.index))
         if status:
             it.stage = status.get("stage")
             it.progress = {k: status.get(k) for k in ("completed", "total", "info", "stage_seconds", "updated_at")}
 
-    @staticmethod
-    def _read_json(run: Run, index: int, name: str) -> dict[str, Any] | None:
-        storage = RunStorage(run.storage_uri)
-        path = storage.iteration_path(index, name)
-        try:
-            return dict(storage.read_json(path)) if storage.exists(path) else None
-        except (OSError, ValueError):
-            return None  # being written, or unreadable for now
+
+def _read_json(storage: RunStorage, path: str) -> dict[str, Any] | None:
+    """A small JSON file of a run folder, or None while it is absent, being written or unreadable."""
+    try:
+        return dict(storage.read_json(path)) if storage.exists(path) else None
+    except (OSError, ValueError):
+        return None

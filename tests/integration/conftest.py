@@ -6,8 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.arithmetic import make_problems, write_jsonl
 from jobs.config import SpinConfig
+from jobs.demo.arithmetic import make_problems, write_jsonl
+from tests.factories import tiny_run_config
 
 UNIQUE = 48  # prompts in the data: 40 are trained on, 8 held out
 HELD_OUT = 8
@@ -17,32 +18,16 @@ BAD_LINES = ['{"prompt": "What is 2 + 2?"}', '{"prompt": "Q", "response": 4}', '
 
 def tiny_config(tmp_path, model_dir, data_path, **data):
     return SpinConfig.model_validate(
-        {
-            "name": "it-test",
-            "storage_uri": str(tmp_path / "storage"),
-            "model": {"path": model_dir, "dtype": "float32"},
-            "data": {"path": str(data_path), "held_out_prompts": HELD_OUT, **data},
-            "sampling": {"max_new_tokens": 24},
-            "generator": {"kv_cache_memory_bytes": 64 * 2**20, "prompts_per_request": 8},
-            "train": {
-                "num_workers": 2,
-                "use_gpu": False,
-                "precision": "fp32",
-                "cpus_per_worker": 1,
-                "micro_batch_size": 4,
-                "global_batch_size": 8,
-                "learning_rate": 5e-4,
-                "beta": 0.5,
-                "optimizer": "adamw",
-                "max_prompt_length": 64,
-                "max_length": 128,
-                "epochs": 4,
-                "checkpoint_every_steps": 4,
-            },
-            "eval": {"task": "answer_match", "max_new_tokens": 24, "every_steps": 8, "prompts_during_training": 8},
-            "prompts_per_iteration": 64,
-            "iterations": [{}],
-        }
+        tiny_run_config(
+            "it-test",
+            str(tmp_path / "storage"),
+            model_dir,
+            str(data_path),
+            data={"held_out_prompts": HELD_OUT, **data},
+            train={"epochs": 4, "checkpoint_every_steps": 4},
+            eval={"task": "answer_match", "max_new_tokens": 24, "every_steps": 8, "prompts_during_training": 8},
+            prompts_per_iteration=64,
+        )
     )
 
 
@@ -103,9 +88,9 @@ def scraped(dataset):
 @pytest.fixture(scope="session")
 def iteration(ray_cluster, sft_model_dir, dataset, scraped, tmp_path_factory):
     """One undisturbed iteration of the tiny model: (config, its metrics.json, the problems)."""
-    from cluster.weights import stop_serving
-    from jobs.generate import generator_app_name
     from jobs.iteration import run_iteration
+    from jobs.iteration.context import generator_app_name
+    from services.generator.client import stop_serving
 
     root, problems = dataset
     cfg = tiny_config(tmp_path_factory.mktemp("run"), sft_model_dir, root, bad_rows="skip")

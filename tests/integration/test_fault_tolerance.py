@@ -21,21 +21,21 @@ def train_workers():
 
 
 def test_killing_a_training_worker_resumes_from_its_checkpoint(iteration, tmp_path):
-    from cluster.weights import stop_serving
-    from jobs.generate import generator_app_name
     from jobs.iteration import run_iteration
+    from jobs.iteration.context import generator_app_name
+    from services.generator.client import stop_serving
 
     undisturbed_cfg, undisturbed, _ = iteration
     cfg = undisturbed_cfg.model_copy(update={"storage_uri": str(tmp_path / "storage"), "name": "fault"})
     # Same pairs as the undisturbed run: only training is repeated.
     source, target = RunStorage(undisturbed_cfg.storage_uri), RunStorage(cfg.storage_uri)
-    for stage in ("generations", "pairs"):
-        shutil.copytree(source.iteration_path(0, stage), target.iteration_path(0, stage))
+    shutil.copytree(source.generations(0), target.generations(0))
+    shutil.copytree(source.pairs(0), target.pairs(0))
 
     outcome = {}
     runner = threading.Thread(target=lambda: outcome.update(metrics=run_iteration(cfg, 0)), daemon=True)
     runner.start()
-    status_path = target.iteration_path(0, "status.json")
+    status_path = target.status(0)
     killed = None
     deadline = time.monotonic() + 600
     while killed is None and runner.is_alive() and time.monotonic() < deadline:
@@ -51,9 +51,9 @@ def test_killing_a_training_worker_resumes_from_its_checkpoint(iteration, tmp_pa
     assert killed is not None, "training ended before a worker could be killed: the test proved nothing"
     metrics = outcome["metrics"]
 
-    train, expected = metrics["train"], undisturbed["train"]
-    assert train["resumed_at_steps"] and all(4 <= s <= killed and s % 4 == 0 for s in train["resumed_at_steps"])
-    assert train["pairs"] == expected["pairs"] == 40
-    assert train["steps"] == expected["steps"] == 20
-    assert [h["step"] for h in train["history"]] == list(range(1, 21))
-    assert target.is_complete(target.iteration_path(0, "model"))
+    train, expected = metrics.train, undisturbed.train
+    assert train.resumed_at_steps and all(4 <= s <= killed and s % 4 == 0 for s in train.resumed_at_steps)
+    assert train.pairs == expected.pairs == 40
+    assert train.steps == expected.steps == 20
+    assert [h.step for h in train.history] == list(range(1, 21))
+    assert target.is_complete(target.model(0))

@@ -9,13 +9,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.weights import generator_handle, generator_info
 from jobs.chat import encode_prompt, pad_id
-from jobs.generate import generator_app_name
-from jobs.modeling import load_causal_lm, load_tokenizer
-from jobs.sft_data import BadRowsError
+from jobs.hf import load_causal_lm, load_tokenizer
+from jobs.iteration.context import generator_app_name
+from jobs.sft_rows import BadRowsError
 from jobs.spin.schedule import StepPlan
 from jobs.storage import RunStorage
+from services.generator.client import generator_handle, generator_info
 from services.generator.schemas import GenerateRequest
 from tests.integration.conftest import HELD_OUT, TRAIN, UNIQUE, PrometheusScraper, tiny_config
 
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 
 def read_pairs(cfg, split="train"):
     storage = RunStorage(cfg.storage_uri)
-    return [p for p in pq.read_table(storage.iteration_path(0, "pairs")).to_pylist() if p["split"] == split]
+    return [p for p in pq.read_table(storage.pairs(0)).to_pylist() if p["split"] == split]
 
 
 def test_one_pair_per_unique_prompt(iteration):
@@ -32,19 +32,19 @@ def test_one_pair_per_unique_prompt(iteration):
     pairs, held_out = read_pairs(cfg), read_pairs(cfg, "held_out")
     assert len(pairs) == TRAIN and len(held_out) == HELD_OUT
     assert sorted(p["prompt_id"] for p in pairs + held_out) == sorted(p.prompt_id for p in problems)
-    gen = metrics["generate"]
-    assert (gen["prompts"], gen["unique_prompts"], gen["duplicate_rows"], gen["bad_rows"]) == (TRAIN, UNIQUE, 6, 3)
-    assert gen["held_out_prompts"] == HELD_OUT
-    assert "a.jsonl line 37: 'response' is missing" in gen["bad_row_examples"][0]
-    assert gen["generated_tokens"] == sum(p["generated_tokens"] for p in pairs + held_out)
-    assert gen["tokens_per_s"] > 0
+    gen = metrics.generate
+    assert (gen.prompts, gen.unique_prompts, gen.duplicate_rows, gen.bad_rows) == (TRAIN, UNIQUE, 6, 3)
+    assert gen.held_out_prompts == HELD_OUT and gen.rows == UNIQUE
+    assert "a.jsonl line 37: 'response' is missing" in gen.bad_row_examples[0]
+    assert gen.generated_tokens == sum(p["generated_tokens"] for p in pairs + held_out)
+    assert gen.tokens_per_s > 0
 
 
 def test_held_out_prompts_are_never_trained_on(iteration):
     cfg, metrics, _ = iteration
     held_out = {p["prompt_id"] for p in read_pairs(cfg, "held_out")}
     assert held_out and not held_out & {p["prompt_id"] for p in read_pairs(cfg)}
-    assert metrics["train"]["pairs"] == TRAIN  # only the training split reached the trainer
+    assert metrics.train.pairs == TRAIN  # only the training split reached the trainer
 
 
 def test_pairs_use_one_chat_template_and_the_generators_tokens(iteration, sft_model_dir):
@@ -66,19 +66,20 @@ def test_pairs_use_one_chat_template_and_the_generators_tokens(iteration, sft_mo
 
 def test_first_step_is_exact_and_the_loss_falls(iteration):
     cfg, metrics, _ = iteration
-    history = metrics["train"]["history"]
+    history = metrics.train.history
     plan = StepPlan(TRAIN, 2, 4, cfg.train.accumulation_steps, 4)
     assert len(history) == plan.total_steps == 20
     first = history[0]
-    assert abs(first["margin"]) < 1e-3
-    assert first["loss"] == pytest.approx(math.log(2), abs=1e-4)
-    assert first["rewards/accuracies"] <= 0.5
+    assert abs(first.margin) < 1e-3
+    assert first.loss == pytest.approx(math.log(2), abs=1e-4)
+    # At margin 0 no pair's real reward is strictly above its generated one.
+    assert first.rewards_accuracies == 0.0
     # Per step the loss is noisy (each step sees other pairs); over epochs of the same pairs it must fall.
-    epoch_mean = [sum(h["loss"] for h in history if h["epoch"] == e) / 5 for e in range(4)]
-    assert epoch_mean[-1] < epoch_mean[0] - 0.15, [round(h["loss"], 4) for h in history]
-    last_epoch = [h for h in history if h["epoch"] == 3]
-    assert sum(h["rewards/accuracies"] for h in last_epoch) / 5 > 0.6
-    assert set(metrics["stage_seconds"]) == {"generate", "score", "baseline", "train", "publish", "evaluate"}
+    epoch_mean = [sum(h.loss for h in history if h.epoch == e) / 5 for e in range(4)]
+    assert epoch_mean[-1] < epoch_mean[0] - 0.15, [round(h.loss, 4) for h in history]
+    last_epoch = [h for h in history if h.epoch == 3]
+    assert sum(h.rewards_accuracies for h in last_epoch) / 5 > 0.6
+    assert set(metrics.stage_seconds) == {"generate", "score", "baseline", "train", "publish", "evaluate"}
 
 
 def test_checkpoint_loads_in_transformers_and_vllm_with_the_same_greedy_tokens(iteration):
@@ -87,7 +88,7 @@ def test_checkpoint_loads_in_transformers_and_vllm_with_the_same_greedy_tokens(i
     from cluster.runtime import vllm_env
 
     cfg, metrics, problems = iteration
-    model_dir = metrics["model_out"]
+    model_dir = metrics.model_out
     assert RunStorage(cfg.storage_uri).is_complete(model_dir)
     assert {"model.safetensors", "config.json", "tokenizer.json", "chat_template.jinja"} <= set(os.listdir(model_dir))
     tok = load_tokenizer(model_dir)
@@ -134,7 +135,7 @@ def test_checkpoint_loads_in_transformers_and_vllm_with_the_same_greedy_tokens(i
     info = generator_info(app)
     assert (info.model_version, info.model_path) == (1, model_dir)
     storage = RunStorage(cfg.storage_uri)
-    before = storage.marker(storage.iteration_path(0, "generations"))["generator"]
+    before = storage.marker(storage.generations(0))["generator"]
     assert before["model_version"] == 0
     assert (info.replica_id, info.engine_started_at) == (before["replica_id"], before["engine_started_at"])
     request = GenerateRequest(prompt_token_ids=prompts, max_tokens=[16] * len(prompts), temperature=0.0)
@@ -144,8 +145,8 @@ def test_checkpoint_loads_in_transformers_and_vllm_with_the_same_greedy_tokens(i
 
 
 def test_bad_rows_fail_by_default_naming_them_and_nothing_is_written(ray_cluster, sft_model_dir, dataset, tmp_path):
-    from jobs.context import IterationContext
-    from jobs.generate import run_generate
+    from jobs.iteration.context import IterationContext
+    from jobs.iteration.generate import run_generate
     from jobs.progress import Progress
 
     root, _ = dataset
@@ -166,7 +167,7 @@ def test_bad_rows_fail_by_default_naming_them_and_nothing_is_written(ray_cluster
 def test_a_failing_write_leaves_nothing_behind(ray_cluster, tmp_path):
     import ray.data
 
-    from jobs.datasets import write_records
+    from jobs.iteration.data import write_records
 
     def explode(batch):
         if batch["id"].max() >= 60:
@@ -176,7 +177,7 @@ def test_a_failing_write_leaves_nothing_behind(ray_cluster, tmp_path):
     storage = RunStorage(str(tmp_path))
     ds = ray.data.range(100, override_num_blocks=10).map_batches(explode, batch_size=10)
     with pytest.raises(Exception, match="disk on fire"):
-        write_records(ds, storage, storage.iteration_path(0, "pairs"), pa.schema([("id", pa.int64())]))
+        write_records(ds, storage, storage.pairs(0), pa.schema([("id", pa.int64())]))
     assert list((tmp_path / "iter_0").iterdir()) == []
 
 
@@ -188,25 +189,23 @@ def _weights(model_dir):
 
 def test_the_published_model_is_the_best_held_out_checkpoint(iteration):
     cfg, metrics, _ = iteration
-    train = metrics["train"]
-    evals = train["evals"]
-    assert [e["step"] for e in evals] == [0, 8, 16, 20]
-    assert abs(evals[0]["margin"]) < 1e-3 and evals[0]["task_prompts"] == HELD_OUT
-    scores = [e["task_metric"] for e in evals]
-    selected = train["selected"]
-    assert selected["step"] == evals[scores.index(max(scores))]["step"]  # the first of the best
-    assert metrics["evaluation"]["selected_step"] == selected["step"]
+    train = metrics.train
+    evals = train.evals
+    assert [e.step for e in evals] == [0, 8, 16, 20]
+    assert abs(evals[0].margin) < 1e-3 and evals[0].task_prompts == HELD_OUT
+    scores = [e.task_metric for e in evals]
+    selected = train.selected
+    assert selected.step == evals[scores.index(max(scores))].step  # the first of the best
+    assert metrics.evaluation.selected_step == selected.step
     storage = RunStorage(cfg.storage_uri)
-    source = (
-        storage.iteration_path(0, "train", "best", f"step_{selected['step']}")
-        if selected["step"]
-        else (metrics["model_in"])
-    )
-    published, best = _weights(metrics["model_out"]), _weights(source)
+    source = storage.best(0, selected.step) if selected.step else metrics.model_in
+    published, best = _weights(metrics.model_out), _weights(source)
     assert published.keys() == best.keys() and all(published[k].equal(best[k]) for k in best)
     # Evaluation of the published model, and the SFT model's baseline, on the same held-out prompts.
-    assert metrics["evaluation"]["held_out_prompts"] == metrics["baseline"]["held_out_prompts"] == HELD_OUT
-    assert 0.0 <= metrics["evaluation"]["task_metric"] <= 1.0 and metrics["baseline"]["nll/real"] > 0
+    assert metrics.evaluation.held_out_prompts == metrics.baseline.held_out_prompts == HELD_OUT
+    # The served model's score equals the training loop's own evaluation of the checkpoint it published.
+    assert metrics.evaluation.task_metric == pytest.approx(selected.task_metric)
+    assert metrics.baseline.nll_real == pytest.approx(evals[0].nll_real, rel=1e-4)
 
 
 def test_prometheus_serves_the_runs_metrics(iteration, scraped):
@@ -223,12 +222,12 @@ def test_prometheus_serves_the_runs_metrics(iteration, scraped):
         "ray_spin_generation_tokens_per_second",
     } <= set(samples), sorted(samples)
     assert max(samples["ray_spin_pairs_done"]) == UNIQUE
-    assert metrics["train"]["final"]["loss"] in [pytest.approx(v) for v in samples["ray_spin_train_loss"]]
+    assert metrics.train.final.loss in [pytest.approx(v) for v in samples["ray_spin_train_loss"]]
     # After the iteration, longer than Ray's ~20 s expiry of idle gauges, the endpoint still serves its final values.
     time.sleep(30)
     after = PrometheusScraper("it-test")
     after.scrape()
-    assert after.samples["ray_spin_train_loss"] == [pytest.approx(metrics["train"]["final"]["loss"])]
+    assert after.samples["ray_spin_train_loss"] == [pytest.approx(metrics.train.final.loss)]
     assert after.samples["ray_spin_pairs_done"] == [UNIQUE]
 
 

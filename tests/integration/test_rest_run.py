@@ -10,40 +10,24 @@ import time
 
 import pytest
 
-from jobs.arithmetic import make_problems, write_jsonl
+from jobs.demo.arithmetic import make_problems, write_jsonl
 from jobs.storage import RunStorage
 from services.control_plane.client import SpinAPIError, SpinClient
 from services.control_plane.server import BackgroundServer, free_port
+from tests.factories import tiny_run_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 TOKEN = "rest-run-token"
 
 
 def run_config(root, sft_model_dir, name, iterations=2):
-    return {
-        "name": name,
-        "storage_uri": str(root / "runs" / name),
-        "model": {"path": sft_model_dir, "dtype": "float32"},
-        "data": {"path": str(root / "inputs" / "train.jsonl")},
-        "sampling": {"max_new_tokens": 24},
-        "generator": {"kv_cache_memory_bytes": 64 * 2**20, "prompts_per_request": 8},
-        "train": {
-            "num_workers": 2,
-            "use_gpu": False,
-            "precision": "fp32",
-            "micro_batch_size": 4,
-            "global_batch_size": 8,
-            "learning_rate": 5e-4,
-            "beta": 0.5,
-            "optimizer": "adamw",
-            "max_prompt_length": 64,
-            "max_length": 128,
-            "epochs": 1,
-            "checkpoint_every_steps": 2,
-        },
-        "prompts_per_iteration": 24,
-        "iterations": [{}] * iterations,
-    }
+    return tiny_run_config(
+        name,
+        str(root / "runs" / name),
+        sft_model_dir,
+        str(root / "inputs" / "train.jsonl"),
+        iterations=[{}] * iterations,
+    )
 
 
 @pytest.fixture
@@ -97,7 +81,7 @@ def test_two_iterations_over_rest_survive_a_killed_control_plane(ray_cluster, ra
     from ray.job_submission import JobSubmissionClient
 
     from jobs.config import SpinConfig
-    from jobs.generate import generator_app_name
+    from jobs.iteration.context import generator_app_name
 
     env, port = server_env(root, ray_head, sft_model_dir), free_port()
     server, client = start_server(env, port)
@@ -122,9 +106,9 @@ def test_two_iterations_over_rest_survive_a_killed_control_plane(ray_cluster, ra
     assert first["job_id"] == job_id and first["attempts"] == 1  # adopted, not resubmitted
     assert [it["state"] for it in final["iterations"]] == ["succeeded", "succeeded"]
     storage = RunStorage(final["storage_uri"])
-    assert all(storage.is_complete(storage.iteration_path(k, "model")) for k in (0, 1))
+    assert all(storage.is_complete(storage.model(k)) for k in (0, 1))
     # Iteration 1 starts from iteration 0's model and trains on both iterations' pairs (the paper's mixing).
-    assert second["metrics"]["model_in"] == storage.iteration_path(0, "model")
+    assert second["metrics"]["model_in"] == storage.model(0)
     assert first["metrics"]["train"]["pairs"] == 24 and first["metrics"]["train"]["pairs_from_iterations"] == [0]
     assert second["metrics"]["train"]["pairs"] == 48 and second["metrics"]["train"]["pairs_from_iterations"] == [0, 1]
     assert second["metrics"]["train"]["steps"] == 6  # 48 pairs / 2 workers / 4 per step
@@ -139,7 +123,7 @@ def test_cancelling_stops_the_running_job(ray_cluster, ray_head, sft_model_dir, 
     from ray.job_submission import JobSubmissionClient
 
     from jobs.config import SpinConfig
-    from jobs.generate import generator_app_name
+    from jobs.iteration.context import generator_app_name
     from services.control_plane.main import create_app
     from services.control_plane.settings import Settings
 

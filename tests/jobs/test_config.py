@@ -32,7 +32,7 @@ def test_defaults_are_the_papers():
     )
     assert (t.warmup_ratio, t.global_batch_size, t.max_prompt_length, t.max_length, t.epochs) == (0.1, 64, 512, 1024, 2)
     assert t.precision == "bf16" and cfg.prompts_per_iteration == 50_000 and cfg.mix_previous
-    lrs = [cfg.iteration(k).learning_rate for k in range(cfg.num_iterations)]
+    lrs = [cfg.iteration(k).train.learning_rate for k in range(cfg.num_iterations)]
     assert lrs == [5e-7, 5e-7, 1e-7, 1e-7]
 
 
@@ -40,9 +40,11 @@ def test_per_iteration_overrides():
     cfg = SpinConfig.model_validate(
         MINIMAL | {"iterations": [{"prompts": 10}, {"beta": 5.0, "learning_rate": 1e-7, "mix_previous": False}]}
     )
-    assert cfg.iteration(0).prompts == 10 and cfg.iteration(0).beta == 0.1
+    assert cfg.iteration(0).prompts == 10 and cfg.iteration(0).train.beta == 0.1
     one = cfg.iteration(1)
-    assert (one.beta, one.learning_rate, one.mix_previous, one.prompts) == (5.0, 1e-7, False, 50_000)
+    assert (one.train.beta, one.train.learning_rate, one.mix_previous, one.prompts) == (5.0, 1e-7, False, 50_000)
+    # The resolved train config is the run's with the overrides: one beta, one lr per iteration.
+    assert one.train.model_dump() == cfg.train.model_dump() | {"beta": 5.0, "learning_rate": 1e-7}
     with pytest.raises(IndexError, match="iteration 2 is outside this run's 2 iterations"):
         cfg.iteration(2)
 

@@ -1,13 +1,12 @@
 import json
 
-import pytest
-
-from jobs.storage import MARKER, RunStorage, local_copy
+from cluster.files import MARKER
+from jobs.storage import RunStorage
 
 
 def test_commit_moves_into_place_and_marks_last(tmp_path):
     storage = RunStorage(str(tmp_path / "run"))
-    final = storage.iteration_path(0, "pairs")
+    final = storage.pairs(0)
     staging = storage.staging_path(final)
     (tmp_path / "run" / "iter_0" / staging.rsplit("/", 1)[1] / "part-0.parquet").write_bytes(b"x")
     assert not storage.is_complete(final)
@@ -39,14 +38,56 @@ def test_upload_dir_and_json(tmp_path):
     storage = RunStorage(str(tmp_path / "run"))
     storage.upload_dir(src, storage.path("out"), {"k": 1})
     assert (tmp_path / "run" / "out" / "a.txt").read_text() == "hello"
-    storage.write_json(storage.path("iter_0", "metrics.json"), {"loss": 0.5})
-    assert storage.read_json(storage.path("iter_0", "metrics.json")) == {"loss": 0.5}
+    storage.write_json(storage.metrics(0), {"loss": 0.5})
+    assert storage.read_json(storage.metrics(0)) == {"loss": 0.5}
     assert json.loads((tmp_path / "run" / "out" / MARKER).read_text()) == {"k": 1}
     assert not list((tmp_path / "run" / "iter_0").glob("*.tmp-*"))
 
 
-def test_local_copy_of_a_file_uri(tmp_path):
-    assert local_copy(str(tmp_path)) == str(tmp_path)
-    assert local_copy(f"file://{tmp_path}") == str(tmp_path)
-    with pytest.raises(Exception, match="nope"):
-        local_copy("nope://bucket/x")
+def test_the_layout_names_every_path_of_a_run_folder(tmp_path):
+    storage = RunStorage(str(tmp_path / "run"))
+    root = str(tmp_path / "run")
+    assert storage.uri == storage.root == root
+    assert [
+        storage.config(),
+        storage.status(2),
+        storage.generations(2),
+        storage.pairs(2),
+        storage.train(2),
+        storage.best(2, 50),
+        storage.model(2),
+        storage.metrics(2),
+        storage.baseline("continued_sft", "model"),
+        storage.stopped(),
+        storage.report(),
+    ] == [
+        f"{root}/config.yaml",
+        f"{root}/iter_2/status.json",
+        f"{root}/iter_2/generations",
+        f"{root}/iter_2/pairs",
+        f"{root}/iter_2/train",
+        f"{root}/iter_2/train/best/step_50",
+        f"{root}/iter_2/model",
+        f"{root}/iter_2/metrics.json",
+        f"{root}/baselines/continued_sft/model",
+        f"{root}/stopped.json",
+        f"{root}/report",
+    ]
+
+
+def test_every_path_is_in_the_module_docstring_and_the_readme():
+    """The docstring's table and the README's outputs table list the same folder layout as the methods."""
+    from pathlib import Path
+
+    import jobs.storage
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    for entry in ("config.yaml", "status.json", "generations/", "pairs/", "train/", "best/step_<n>", "model/"):
+        assert entry in jobs.storage.__doc__ and entry in readme, entry
+    for entry in ("metrics.json", "baselines/", "stopped.json", "report/"):
+        assert entry in jobs.storage.__doc__ and entry in readme, entry
+
+
+def test_remote_storage_keeps_its_scheme():
+    storage = RunStorage("mock:///bucket/run")
+    assert storage.uri_of(storage.model(0)).startswith("mock://")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from jobs.spin import collate_pairs
+from jobs.spin.collate import collate_pairs
 
 
 def test_real_rows_come_first_and_only_responses_are_masked_in():

@@ -1,6 +1,7 @@
 import torch
 
-from jobs.spin import pad_sequences, sequence_logps
+from jobs.spin.collate import pad_sequences
+from jobs.spin.logprobs import sequence_logps
 
 
 def _independent_sum(logits: torch.Tensor, ids: list[int], response_start: int) -> float:

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from jobs.spin import LOSS_TYPES, spin_loss
+from jobs.spin.loss import spin_loss, spin_objective
+from jobs.spin.names import LOSS_TYPES
 
 
 def _logps(*values: float) -> torch.Tensor:
@@ -78,3 +79,32 @@ def test_bad_arguments_are_named():
         spin_loss(x, x, x, x, beta=0.1, loss_type="kto")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="beta must be positive"):
         spin_loss(x, x, x, x, beta=0.0)
+
+
+def test_objective_defaults_to_the_spin_loss_and_adds_the_safeguards():
+    pr, pg, rr, rg = (torch.tensor([v], dtype=torch.float64) for v in (-10.0, -20.0, -12.0, -15.0))
+    nr, ng = torch.tensor([5.0], dtype=torch.float64), torch.tensor([10.0], dtype=torch.float64)
+    plain = spin_objective(pr, pg, rr, rg, nr, ng, beta=0.1)
+    assert torch.equal(plain.losses, spin_loss(pr, pg, rr, rg, beta=0.1).losses)
+    # Length-normalised: margin = (−10/5 + 12/5) − (−20/10 + 15/10) = 0.4 + 0.5 = 0.9.
+    normalised = spin_objective(pr, pg, rr, rg, nr, ng, beta=0.1, length_normalize=True)
+    assert normalised.margin.item() == pytest.approx(0.9)
+    assert normalised.losses.item() == pytest.approx(math.log1p(math.exp(-0.09)))
+    # NLL term: α · 10/5 = 0.5 · 2 = 1.0 added.
+    anchored = spin_objective(pr, pg, rr, rg, nr, ng, beta=0.1, real_nll_weight=0.5)
+    assert anchored.losses.item() == pytest.approx(plain.losses.item() + 1.0)
+
+
+def test_nll_term_pulls_the_real_response_up_even_at_zero_margin():
+    pr = torch.tensor([-10.0], requires_grad=True)
+    spin_objective(
+        pr,
+        torch.tensor([-10.0]),
+        torch.tensor([-10.0]),
+        torch.tensor([-10.0]),
+        torch.tensor([4.0]),
+        torch.tensor([4.0]),
+        beta=0.1,
+        real_nll_weight=1.0,
+    ).losses.sum().backward()
+    assert pr.grad.item() == pytest.approx(-0.05 - 0.25)  # −β/2 from the SPIN term, −1/|real| from the NLL

@@ -1,7 +1,8 @@
 import pytest
 
-from jobs.spin import (
+from jobs.spin.pairs import (
     RowRef,
+    completed_response,
     response_budget,
     sample_key,
     select_prompts,
@@ -76,32 +77,7 @@ def test_training_iterations_mix_previous():
     assert training_iterations(2, mix_previous=False) == [2]
 
 
-def test_step_plan_counts_equal_split_rows_and_partial_groups():
-    from jobs.spin.schedule import StepPlan
-
-    plan = StepPlan(num_pairs=37, world_size=2, micro_batch_size=4, accumulation_steps=2, epochs=2)
-    assert plan.rows_per_worker == 18  # one pair dropped by the equal split
-    assert plan.micro_batches_per_epoch == 5  # 4 + 4 + 4 + 4 + 2
-    assert plan.steps_per_epoch == 3  # (mb0, mb1), (mb2, mb3), (mb4)
-    assert plan.total_steps == 6
-    assert [plan.ends_step(i) for i in range(5)] == [False, True, False, True, True]
-    assert [plan.pairs_in_step(i) for i in range(5)] == [8, 8, 8, 8, 2]
-    assert plan.step_of(1, 4) == 5
-    with pytest.raises(ValueError, match="1 pairs cannot feed 2 workers"):
-        StepPlan(num_pairs=1, world_size=2, micro_batch_size=1, accumulation_steps=1, epochs=1)
-
-
-def test_lr_multiplier_warms_up_then_decays_to_zero():
-    from jobs.spin.schedule import lr_multiplier
-
-    f = lr_multiplier(total_steps=10, warmup_ratio=0.2)
-    assert [round(f(s), 4) for s in range(10)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]
-    assert lr_multiplier(10, 0.0, "constant")(7) == 1.0
-
-
 def test_completed_response_ends_with_one_eos_only_when_finished():
-    from jobs.spin import completed_response
-
     assert completed_response([5, 6], finished=True, eos_id=1) == [5, 6, 1]
     assert completed_response([5, 6, 1], finished=True, eos_id=1) == [5, 6, 1]
     assert completed_response([5, 6], finished=False, eos_id=1) == [5, 6]

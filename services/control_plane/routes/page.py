@@ -7,7 +7,8 @@ from importlib import resources
 from fastapi import APIRouter, Response
 from fastapi.responses import HTMLResponse
 
-from jobs.report import load_run
+from jobs.report import plots
+from jobs.report.results import load_run
 from services.control_plane import store
 from services.control_plane.deps import SessionDep
 from services.control_plane.errors import NotFound
@@ -23,8 +24,6 @@ def page() -> HTMLResponse:
 @router.get("/runs/{run_id}/plots/{name}.png", responses={200: {"content": {"image/png": {}}}})
 def plot(run_id: str, name: str, session: SessionDep) -> Response:
     """A plot of the run (loss, margins, accuracies, task_metric), drawn from its stored metrics."""
-    from jobs import plots
-
     run = store.get_run(session, run_id)
     if name not in plots.PLOTS:
         raise NotFound(f"no plot named {name!r}; choose one of {', '.join(plots.PLOTS)}")

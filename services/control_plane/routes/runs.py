@@ -12,7 +12,6 @@ from services.control_plane import store
 from services.control_plane.confine import is_within
 from services.control_plane.deps import LauncherDep, SessionDep, SettingsDep, TokenDep
 from services.control_plane.errors import Forbidden
-from services.control_plane.reconciler import CONFIG_FILE
 from services.control_plane.schemas import IterationPublic, LaunchRequest, RunCreate, RunPublic, RunsPublic
 from services.control_plane.settings import Settings
 
@@ -35,7 +34,7 @@ def create_run(body: RunCreate, session: SessionDep, settings: SettingsDep) -> R
     run = store.create_run(session, body.config)
     session.flush()
     storage = RunStorage(body.config.storage_uri)
-    storage.write_text(storage.path(CONFIG_FILE), body.config.to_yaml())
+    storage.write_text(storage.config(), body.config.to_yaml())
     return RunPublic.model_validate(run)
 
 

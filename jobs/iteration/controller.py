@@ -1,0 +1,88 @@
+"""One SPIN iteration as a short sequence of named stages.
+
+    generate  the generator (model k) answers a seeded sample of SFT prompts       → iter_k/generations/
+    score     model k's log-probs of the real and generated answers (reference)   → iter_k/pairs/
+    baseline  (iteration 0, with held-out prompts) the SFT model's own held-out scores
+    train     Ray Train FSDP2 workers minimise the SPIN loss, publishing model k+1 → iter_k/model/
+    publish   the generator moves to model k+1 (the best evaluated checkpoint) without a restart
+    evaluate  model k+1's greedy answers to the held-out prompts: task metric, answer length
+    record    what was measured                                                    → iter_k/metrics.json
+
+Each stage's output is committed atomically and skipped when already complete, so a re-run resumes where
+a crash stopped and a finished iteration is never redone.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from jobs.config import SpinConfig
+from jobs.iteration.context import IterationContext
+from jobs.iteration.evaluate import run_baseline, run_evaluate
+from jobs.iteration.generate import run_generate
+from jobs.iteration.monitoring import MetricsSink
+from jobs.iteration.score import run_score
+from jobs.iteration.train import run_train
+from jobs.metrics import Evaluation, IterationMetrics
+from jobs.progress import Progress, StatusSink
+
+logger = logging.getLogger("spin")
+
+
+def run_iteration(cfg: SpinConfig, k: int, progress: Progress | None = None) -> IterationMetrics:
+    """Run (or resume) iteration k of the run described by `cfg`; returns what it measured (its metrics.json)."""
+    ctx = IterationContext.create(cfg, k)
+    if ctx.storage.is_complete(ctx.storage.model(k)) and ctx.storage.exists(ctx.storage.metrics(k)):
+        logger.info("iteration %d is already complete", k)
+        return IterationMetrics.model_validate(ctx.storage.read_json(ctx.storage.metrics(k)))
+    progress = progress or Progress()
+    status = StatusSink(ctx.storage, k)
+    progress.sinks += [status, MetricsSink(cfg.name, k)]
+    metrics = _run_stages(ctx, progress, status)
+    ctx.storage.write_json(ctx.storage.metrics(k), metrics.model_dump(mode="json"))
+    return metrics
+
+
+def _run_stages(ctx: IterationContext, progress: Progress, status: StatusSink) -> IterationMetrics:
+    k, evaluating, storage = ctx.k, ctx.cfg.data.held_out_prompts > 0, ctx.storage
+    baseline: Evaluation | None = None
+    evaluation: Evaluation | None = None
+
+    with progress.stage("generate") as stage:
+        if not storage.is_complete(storage.generations(k)):
+            ctx.serve(ctx.model_uri, version=k)  # model k answers its own prompts
+        generation = run_generate(ctx, stage)
+    with progress.stage("score") as stage:
+        scoring = run_score(ctx, stage)
+    if evaluating and k == 0:
+        with progress.stage("baseline") as stage:
+            ctx.serve(ctx.model_uri, version=0)
+            baseline = run_baseline(ctx, stage)
+    with progress.stage("train") as stage:
+        training = run_train(ctx, stage)
+    with progress.stage("publish", total=1) as stage:
+        # The generator moves to model k+1 in place: the next iteration samples from it.
+        ctx.serve(storage.uri_of(storage.model(k)), version=k + 1)
+        stage.update(1)
+    if evaluating:
+        with progress.stage("evaluate") as stage:
+            selected = training.selected
+            evaluation = run_evaluate(ctx, stage).model_copy(
+                update={
+                    "selected_step": selected.step if selected else None,
+                    "diagnostics": selected,
+                }
+            )
+    return IterationMetrics(
+        iteration=k,
+        name=ctx.cfg.name,
+        settings=ctx.iteration,
+        model_in=ctx.model_uri,
+        model_out=storage.uri_of(storage.model(k)),
+        stage_seconds=dict(status.status["stage_seconds"]),
+        generate=generation,
+        score=scoring,
+        train=training,
+        baseline=baseline,
+        evaluation=evaluation,
+    )

@@ -1,0 +1,177 @@
+"""Ray Data for the stages: SFT rows read with every row validated and located (nothing dropped silently), and
+stage records written and read back as committed Parquet folders."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray.data
+from ray.data.block import Block
+from ray.data.datasource import FileBasedDatasource
+
+from cluster.files import MARKER
+from jobs.config import DataConfig
+from jobs.records import SFT_ROW_SCHEMA
+from jobs.sft_rows import BadRow, BadRowsError, chatterbot_rows, file_kind, iter_raw_rows, locate, normalize_row
+from jobs.spin.pairs import RowRef
+from jobs.storage import RunStorage
+
+ROWS_PER_BLOCK = 4096
+# On 2 cores, a Data task asking for a whole CPU waits forever for one that the Serve replica or a Train worker holds.
+READ_CPUS = 0.25
+
+
+def rows_table(rows: Iterable[tuple[str, int, Any]], turn: Literal["first", "last"]) -> pa.Table:
+    """(source, row, raw object or BadRow) → a table in SFT_ROW_SCHEMA, with `error` set on unusable rows."""
+    columns: dict[str, list[Any]] = {name: [] for name in SFT_ROW_SCHEMA.names}
+    for source, row, obj in rows:
+        try:
+            if isinstance(obj, BadRow):
+                raise obj
+            example = normalize_row(obj, turn)
+            values = [example.prompt_id, json.dumps(example.prompt), example.real, None]
+        except BadRow as e:
+            values = [None, None, None, str(e)]
+        for name, value in zip(("prompt_id", "messages", "real", "error"), values, strict=True):
+            columns[name].append(value)
+        columns["source"].append(source)
+        columns["row"].append(row)
+    return pa.table(columns, schema=SFT_ROW_SCHEMA)
+
+
+class SFTDatasource(FileBasedDatasource):
+    """JSONL or Parquet SFT files, read tolerantly: a bad row becomes an error entry, not a failed read."""
+
+    def __init__(self, paths: str | list[str], *, fmt: Literal["auto", "jsonl", "parquet"], turn: Any, **kwargs: Any):
+        super().__init__(paths, **kwargs)
+        self._fmt = fmt
+        self._turn = turn
+
+    def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[Block]:
+        rows = iter_raw_rows(f.read(), file_kind(path, self._fmt))
+        while chunk := [(path, i, obj) for i, obj in _take(rows, ROWS_PER_BLOCK)]:
+            yield rows_table(chunk, self._turn)
+
+
+def _take(it: Iterator[Any], n: int) -> list[Any]:
+    out = []
+    for item in it:
+        out.append(item)
+        if len(out) == n:
+            break
+    return out
+
+
+def read_sft(data: DataConfig) -> ray.data.Dataset:
+    """The SFT rows of `data` as a Ray Dataset in SFT_ROW_SCHEMA (lazy; read where it runs)."""
+    if data.source == "chatterbot":
+        return ray.data.from_arrow(rows_table(chatterbot_rows(), data.turn))
+    assert data.path is not None  # the config validator guarantees it
+    # With format "auto" a folder's other files (markers, READMEs) are skipped by extension; a forced
+    # format reads every file it is given.
+    file_extensions = ["jsonl", "json", "parquet"] if data.format == "auto" else None
+    return ray.data.read_datasource(
+        SFTDatasource(data.path, fmt=data.format, turn=data.turn, file_extensions=file_extensions),
+        num_cpus=READ_CPUS,
+    )
+
+
+def index_rows(rows: ray.data.Dataset, bad_rows: Literal["fail", "skip"]) -> tuple[list[RowRef], list[str]]:
+    """Usable rows as RowRefs, and a description of each unusable one.
+
+    With bad_rows="fail" any unusable row raises BadRowsError naming (up to ten of) them.
+    """
+    columns = rows.select_columns(["prompt_id", "source", "row", "error"])
+    batches = list(columns.iter_batches(batch_format="pyarrow", batch_size=None))
+    table = pa.concat_tables(batches) if batches else SFT_ROW_SCHEMA.empty_table()
+    good: list[RowRef] = []
+    bad: list[str] = []
+    for pid, source, row, error in zip(
+        *(table.column(c).to_pylist() for c in ("prompt_id", "source", "row", "error")), strict=True
+    ):
+        if error is None:
+            good.append(RowRef(pid, source, row))
+        else:
+            bad.append(f"{locate(source, row)}: {error}")
+    bad.sort()
+    if bad and bad_rows == "fail":
+        raise BadRowsError(len(bad), bad[:10])
+    return good, bad
+
+
+def keep_rows(rows: ray.data.Dataset, splits: dict[tuple[str, int], str]) -> ray.data.Dataset:
+    """The rows at exactly the (source, row) positions of `splits`, with their split name added."""
+
+    def keep(batch: pa.Table) -> pa.Table:
+        names = [
+            splits.get((s, r))
+            for s, r in zip(batch.column("source").to_pylist(), batch.column("row").to_pylist(), strict=True)
+        ]
+        kept = batch.append_column("split", pa.array(names, pa.string()))
+        return kept.filter(pa.array([n is not None for n in names], type=pa.bool_()))
+
+    return rows.map_batches(keep, batch_format="pyarrow", batch_size=None, num_cpus=READ_CPUS)
+
+
+def write_records(
+    ds: ray.data.Dataset,
+    storage: RunStorage,
+    path: str,
+    schema: pa.Schema,
+    *,
+    meta: dict[str, Any] | None = None,
+    on_batch: Callable[[int, pa.Table], None] | None = None,
+    expected: int | None = None,
+) -> int:
+    """Stream `ds` into Parquet parts under `path`, committed atomically; returns the row count.
+
+    The driver writes the parts as batches arrive; `on_batch(rows so far, batch)` follows the progress. With
+    `expected`, any other row count is an error and nothing is committed.
+    """
+    staging = storage.staging_path(path)
+    rows = 0
+    try:
+        for i, batch in enumerate(ds.iter_batches(batch_format="pyarrow", batch_size=None)):
+            if batch.num_rows == 0:
+                continue
+            with storage.fs.open_output_stream(f"{staging}/part-{i:05d}.parquet") as f:
+                pq.write_table(batch.cast(schema), f)
+            rows += batch.num_rows
+            if on_batch:
+                on_batch(rows, batch)
+    except BaseException:
+        storage.fs.delete_dir(staging)  # nothing half-written stays behind
+        raise
+    if expected is not None and rows != expected:
+        storage.fs.delete_dir(staging)
+        raise RuntimeError(f"{storage.uri_of(path)}: {rows} records were produced for {expected} inputs")
+    storage.commit(staging, path, {"rows": rows, **(meta or {})})
+    return rows
+
+
+def read_records(storage: RunStorage, paths: list[str]) -> ray.data.Dataset:
+    """Committed record folders as one Dataset; a folder without its marker is refused."""
+    for path in paths:
+        if not storage.is_complete(path):
+            raise FileNotFoundError(f"{storage.uri_of(path)} is missing or incomplete (no {MARKER} marker)")
+    return ray.data.read_parquet(
+        paths,
+        filesystem=storage.fs,
+        file_extensions=["parquet"],
+        num_cpus=READ_CPUS,
+    )
+
+
+def read_pairs(storage: RunStorage, iterations: list[int], split: str) -> ray.data.Dataset:
+    """The committed pair records of `split` ("train" or "held_out") of the given iterations."""
+    return read_records(storage, [storage.pairs(k) for k in iterations]).filter(expr=f"split == '{split}'")
+
+
+def to_table(ds: ray.data.Dataset) -> pa.Table:
+    """A (small) dataset gathered on the driver as one Arrow table."""
+    batches = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    return pa.concat_tables(batches) if batches else ds.schema().base_schema.empty_table()

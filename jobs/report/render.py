@@ -1,0 +1,78 @@
+"""The run report rendered: a rich table for the terminal, report.json and PNG plots.
+
+spin report RUN_ID_OR_STORAGE_URI [--out DIR]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from jobs.report import plots
+from jobs.report.results import SFT_ROW, RunRecord, report_rows
+
+
+def report_json(record: RunRecord) -> dict[str, Any]:
+    return {
+        "storage_uri": record.storage_uri,
+        "rows": report_rows(record),
+        "stopped": record.stopped.model_dump() if record.stopped else None,
+        "iterations": [
+            {
+                "iteration": m.iteration,
+                "stage_seconds": m.stage_seconds,
+                "selected": m.train.selected.model_dump() if m.train.selected else None,
+                "evals": [e.model_dump() for e in m.train.evals],
+                "history": [h.model_dump() for h in m.train.history],
+            }
+            for m in record.iterations
+        ],
+    }
+
+
+def write_report(record: RunRecord, out_dir: str | Path) -> list[Path]:
+    """report.json and the PNG plots under `out_dir`; returns the paths written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "report.json"]
+    written[0].write_text(json.dumps(report_json(record), indent=1, default=str))
+    for name, draw in plots.PLOTS.items():
+        path = out / f"{name}.png"
+        path.write_bytes(draw(record))
+        written.append(path)
+    return written
+
+
+COLUMNS = [
+    ("task metric", "task_metric"),
+    ("real NLL", "nll/real"),
+    ("answer tokens", "generated_tokens"),
+    ("reward acc", "reward_accuracy"),
+    ("reward margin", "reward_margin"),
+    ("Δ logp real", "gain/real"),
+    ("pairs", "pairs"),
+    ("steps", "steps"),
+]
+
+
+def rich_table(rows: list[dict[str, Any]], title: str = "SPIN report") -> Any:
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("model", justify="left")
+    for header, _ in COLUMNS:
+        table.add_column(header, justify="right")
+    for row in rows:
+        cells = [row["model"]]
+        for _, key in COLUMNS:
+            value, delta = row.get(key), row.get(f"delta/{key}")
+            if value is None:
+                cells.append("")
+            elif isinstance(value, int):
+                cells.append(str(value))
+            else:
+                shown_delta = delta is not None and row["model"] != SFT_ROW
+                cells.append(f"{value:.3f}" + (f" ({delta:+.3f})" if shown_delta else ""))
+        table.add_row(*cells)
+    return table

@@ -1,0 +1,43 @@
+"""The stopping rule applied to a run's finished iterations, and the record of why a run stopped."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from jobs.config import StoppingConfig
+from jobs.metrics import IterationMetrics
+from jobs.spin.stopping import IterationScores, StopDecision, StoppingRule, should_stop
+from jobs.storage import RunStorage
+
+
+class StopRecord(BaseModel):
+    """stopped.json."""
+
+    model_config = ConfigDict(frozen=True)
+
+    after_iteration: int
+    reason: str
+
+
+def stop_decision(stopping: StoppingConfig, iterations: list[IterationMetrics]) -> StopDecision:
+    """Apply the config's stopping rule to the evaluations of the iterations finished so far."""
+    if not stopping.enabled:
+        return StopDecision(False)
+    history = []
+    for m in iterations:
+        diagnostics = m.evaluation.diagnostics if m.evaluation else None
+        if m.evaluation is None or diagnostics is None:
+            return StopDecision(False)  # the rule needs held-out diagnostics of every iteration
+        history.append(
+            IterationScores(diagnostics.rewards_accuracies, diagnostics.rewards_margins, m.evaluation.task_metric)
+        )
+    baseline = iterations[0].baseline.task_metric if iterations and iterations[0].baseline else None
+    rule = StoppingRule(stopping.accuracy_band, stopping.margin_tolerance, stopping.patience, stopping.min_iterations)
+    return should_stop(history, rule, baseline)
+
+
+def record_stop(storage: RunStorage, after_iteration: int, reason: str) -> StopRecord:
+    """Write stopped.json: headless runs and the control plane record a stop the same way."""
+    record = StopRecord(after_iteration=after_iteration, reason=reason)
+    storage.write_json(storage.stopped(), record.model_dump())
+    return record

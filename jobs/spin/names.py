@@ -1,0 +1,36 @@
+"""The names the core shares with the config, the metrics files and the dashboards (no torch needed).
+
+Metric names follow TRL's DPO trainer with SPIN's vocabulary ("real" and "generated" where DPO says "chosen"
+and "rejected"):
+
+    loss                  mean per-pair loss
+    rewards/real          β · (log pθ − log pref)(real)
+    rewards/generated     β · (log pθ − log pref)(generated)
+    rewards/margins       rewards/real − rewards/generated
+    rewards/accuracies    share of pairs with rewards/real > rewards/generated
+    logps/real            log pθ(real), summed over response tokens
+    logps/generated       log pθ(generated)
+    gain/real             log pθ(real) − log pref(real): negative means the human answers are being pushed down
+    gain/generated        log pθ(generated) − log pref(generated)
+    margin                gain/real − gain/generated (0 at the first step of an iteration)
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+LossType = Literal["sigmoid", "hinge", "ipo"]
+LOSS_TYPES: tuple[str, ...] = get_args(LossType)
+
+METRIC_NAMES: tuple[str, ...] = (
+    "loss",
+    "rewards/real",
+    "rewards/generated",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/real",
+    "logps/generated",
+    "gain/real",
+    "gain/generated",
+    "margin",
+)

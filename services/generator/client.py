@@ -1,0 +1,89 @@
+"""The generator application's lifecycle, from any Ray driver: deploy it, move it to new weights, ask it, stop it.
+
+Iteration k samples from model version k (0 is the SFT model). `serve_model` makes the generator
+application serve a given folder as a given version: it deploys the application when absent and
+otherwise changes only its Serve `user_config`, which Serve applies by calling the running replicas'
+`reconfigure` (no restart, no new engine). A replica that restarts later re-applies the same user_config,
+so it comes back on the latest weights, not the first ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from services.generator.app import DEPLOYMENT_NAME, generator_app
+from services.generator.schemas import GeneratorArgs, GeneratorInfo, WeightsUpdate
+
+logger = logging.getLogger("spin")
+
+QUIET_LOGS = {"enable_access_log": False, "log_level": "WARNING"}
+
+
+def start_serve() -> None:
+    """Start Serve for handle calls only: no HTTP proxy, quiet logs."""
+    from ray import serve
+    from ray.serve.config import ProxyLocation
+
+    serve.start(proxy_location=ProxyLocation.Disabled, logging_config=QUIET_LOGS)
+
+
+def generator_handle(app_name: str) -> Any:
+    from ray import serve
+
+    return serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=app_name)
+
+
+def generator_info(app_name: str, timeout_s: float = 60.0) -> GeneratorInfo | None:
+    """What the application's generator serves, or None when the application is not running."""
+    from ray import serve
+
+    if app_name not in serve.status().applications:
+        return None
+    info: GeneratorInfo = generator_handle(app_name).info.remote().result(timeout_s=timeout_s)
+    return info
+
+
+def serve_model(args: GeneratorArgs, app_name: str, model_dir: str, version: int, timeout_s: float = 900.0) -> float:
+    """Make the generator application `app_name` serve `model_dir` as `version`; returns the seconds it took."""
+    from ray import serve
+
+    start = time.perf_counter()
+    start_serve()
+    current = generator_info(app_name)
+    if current is None:
+        app = generator_app(args.model_copy(update={"model_path": model_dir, "model_version": version}))
+        serve.run(app, name=app_name, route_prefix=None, logging_config=QUIET_LOGS)
+    elif (current.model_path, current.model_version) != (model_dir, version):
+        deployed: GeneratorArgs = generator_handle(app_name).args.remote().result(timeout_s=60)
+        update = WeightsUpdate(model_path=model_dir, model_version=version)
+        serve.run(generator_app(deployed, update), name=app_name, route_prefix=None, logging_config=QUIET_LOGS)
+    _wait_for(app_name, model_dir, version, timeout_s)
+    seconds = time.perf_counter() - start
+    logger.info("generator serves version %d from %s (%.1fs)", version, model_dir, seconds)
+    return seconds
+
+
+def stop_serving(app_name: str) -> None:
+    """Delete the generator application, freeing its CPUs or GPUs."""
+    from ray import serve
+
+    if app_name in serve.status().applications:
+        serve.delete(app_name)
+
+
+def _wait_for(app_name: str, model_dir: str, version: int, timeout_s: float) -> None:
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get(app_name)
+        if app is not None and app.status == "DEPLOY_FAILED":
+            raise RuntimeError(f"the generator failed to deploy: {app.message}")
+        if app is not None and app.status == "RUNNING":
+            info = generator_info(app_name)
+            if info is not None and (info.model_path, info.model_version) == (model_dir, version):
+                return
+        time.sleep(1.0)
+    raise TimeoutError(f"the generator did not serve version {version} within {timeout_s:.0f}s")

@@ -1,0 +1,18 @@
+from jobs.iteration.train import RELAYED, step_progress
+from jobs.spin.names import METRIC_NAMES
+from tests.factories import step_metrics
+
+
+def test_a_workers_step_event_reaches_the_progress_sinks_with_its_names_unchanged():
+    event = step_metrics(loss=0.6, **{"rewards/accuracies": 0.75}) | {
+        "step": 3,
+        "total_steps": 20,
+        "epoch": 0,
+        "learning_rate": 1e-4,
+        "tokens_per_s": 900.0,
+        "grad_norm": 0.4,
+    }
+    step, total, info = step_progress(event)
+    assert (step, total) == (3, 20)
+    assert set(info) == {*METRIC_NAMES, "tokens_per_s"} == set(RELAYED)
+    assert info["rewards/accuracies"] == 0.75 and info["loss"] == 0.6 and info["tokens_per_s"] == 900.0

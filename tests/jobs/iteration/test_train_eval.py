@@ -1,0 +1,66 @@
+import torch
+
+from jobs.chat import encode_prompt, encode_response, pad_id
+from jobs.config import TrainConfig
+from jobs.demo.arithmetic import make_problems
+from jobs.hf import load_causal_lm, load_tokenizer
+from jobs.iteration.train_eval import greedy_tokens, held_out_diagnostics, task_metric
+from jobs.iteration.train_step import policy_logps
+from jobs.spin.collate import collate_pairs
+
+
+def test_greedy_tokens_match_transformers_generate(tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_causal_lm(tiny_model_dir).eval()
+    torch.manual_seed(0)
+    with torch.no_grad():  # make the random model's argmax informative rather than one repeated token
+        for p in model.parameters():
+            p.mul_(4.0)
+    prompts = [encode_prompt(tok, [{"role": "user", "content": p.question}]) for p in make_problems(6, seed=4)]
+    ours = greedy_tokens(model, prompts, max_new_tokens=12, pad_id=pad_id(tok), eos_id=tok.eos_token_id, batch_size=4)
+    for p, got in zip(prompts, ours, strict=True):
+        ref = model.generate(
+            torch.tensor([p]),
+            attention_mask=torch.ones(1, len(p), dtype=torch.long),
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=pad_id(tok),
+            eos_token_id=tok.eos_token_id,
+        )[0, len(p) :].tolist()
+        assert got == ref[: len(got)] and (len(got) == 12 or got[-1] == tok.eos_token_id)
+    assert len({tuple(o) for o in ours}) > 1
+
+
+def test_held_out_diagnostics_at_the_reference_and_by_hand(tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
+    model = load_causal_lm(tiny_model_dir).eval()
+    problems = make_problems(5, seed=9)
+    prompts = [encode_prompt(tok, [{"role": "user", "content": p.question}]) for p in problems]
+    real = [encode_response(tok, p.solution) for p in problems]
+    gen = [encode_response(tok, "I am not sure.") for _ in problems]
+    with torch.no_grad():
+        ref_real, ref_gen, _ = policy_logps(model, collate_pairs(prompts, real, gen, pad_id=pad_id(tok)))
+    batches = []
+    for i in (0, 3):  # two batches of uneven size
+        j = slice(i, i + 3 if i == 0 else 5)
+        batches.append(
+            collate_pairs(
+                prompts[j],
+                real[j],
+                gen[j],
+                pad_id=pad_id(tok),
+                ref_logps_real=ref_real[j],
+                ref_logps_generated=ref_gen[j],
+            )
+        )
+    metrics = held_out_diagnostics(model, batches, TrainConfig(beta=0.1, loss_type="sigmoid"))
+    assert abs(metrics["margin"]) < 1e-4 and metrics["rewards/accuracies"] == 0.0
+    expected_nll = -float(ref_real.sum()) / sum(len(r) for r in real)
+    assert abs(metrics["nll/real"] - expected_nll) < 1e-4
+    assert abs(metrics["logps/real"] - float(ref_real.mean())) < 1e-4
+
+
+def test_task_metric_reads_answers_from_text():
+    reals = ["2 + 2 = 4. The answer is 4.", "no answer here", "10 / 2 = 5. The answer is 5."]
+    answers = ["The answer is 4.", "The answer is 9.", "It is five."]
+    assert task_metric(answers, reals, r"The answer is (-?\d+)") == {"task_metric": 0.5, "task_prompts": 2}

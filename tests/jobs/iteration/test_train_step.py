@@ -1,0 +1,74 @@
+import math
+
+import pytest
+import torch
+
+from jobs.chat import encode_prompt, encode_response, pad_id
+from jobs.config import TrainConfig
+from jobs.demo.arithmetic import make_problems
+from jobs.hf import load_causal_lm, load_tokenizer
+from jobs.iteration.train_step import make_optimizer, policy_logps, spin_forward
+from jobs.spin.collate import collate_pairs
+from jobs.spin.metrics import metrics_from_sums
+
+TRAIN = TrainConfig(beta=0.1, loss_type="sigmoid", optimizer="adamw", learning_rate=3e-3)
+
+
+@pytest.fixture(scope="module")
+def pairs(tiny_model_dir):
+    tok = load_tokenizer(tiny_model_dir)
+    problems = make_problems(8, seed=3)
+    prompts = [encode_prompt(tok, [{"role": "user", "content": p.question}]) for p in problems]
+    real = [encode_response(tok, p.solution) for p in problems]
+    generated = [encode_response(tok, p.solution.replace(str(p.answer), str(p.answer + 1))) for p in problems]
+    return tok, prompts, real, generated
+
+
+def test_left_and_right_padding_give_the_same_log_probs_through_the_model(tiny_model_dir, pairs):
+    tok, prompts, real, generated = pairs
+    model = load_causal_lm(tiny_model_dir).eval()
+    with torch.no_grad():
+        right = policy_logps(model, collate_pairs(prompts, real, generated, pad_id=pad_id(tok)))
+        left = policy_logps(model, collate_pairs(prompts, real, generated, pad_id=pad_id(tok), padding_side="left"))
+        # Each pair alone, with no padding at all.
+        alone = [
+            policy_logps(model, collate_pairs([p], [r], [g], pad_id=pad_id(tok)))
+            for p, r, g in zip(prompts, real, generated, strict=True)
+        ]
+    assert torch.allclose(right[0], left[0], atol=1e-4) and torch.allclose(right[1], left[1], atol=1e-4)
+    assert torch.allclose(right[0], torch.cat([a[0] for a in alone]), atol=1e-4)
+
+
+def test_first_step_is_ln2_and_training_separates_real_from_generated(tiny_model_dir, pairs):
+    tok, prompts, real, generated = pairs
+    torch.manual_seed(0)
+    model = load_causal_lm(tiny_model_dir)
+    with torch.no_grad():
+        ref_real, ref_gen, _ = policy_logps(model.eval(), collate_pairs(prompts, real, generated, pad_id=pad_id(tok)))
+    batch = collate_pairs(
+        prompts, real, generated, pad_id=pad_id(tok), ref_logps_real=ref_real, ref_logps_generated=ref_gen
+    )
+    model.train()
+    optimizer = make_optimizer(model.parameters(), TRAIN)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == 3e-3
+    history = []
+    for _ in range(8):
+        loss, sums = spin_forward(model, batch, TRAIN, loss_scale=1 / batch.num_pairs)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(metrics_from_sums(sums))
+    first, last = history[0], history[-1]
+    assert abs(first["margin"]) < 1e-4
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert last["loss"] < first["loss"] - 0.05
+    assert last["rewards/accuracies"] == 1.0
+    assert last["gain/real"] > last["gain/generated"]
+    assert all(a["loss"] >= b["loss"] for a, b in zip(history, history[1:], strict=False))
+
+
+def test_missing_reference_log_probs_are_refused(tiny_model_dir, pairs):
+    tok, prompts, real, generated = pairs
+    model = load_causal_lm(tiny_model_dir)
+    with pytest.raises(ValueError, match="run the score stage first"):
+        spin_forward(model, collate_pairs(prompts, real, generated, pad_id=pad_id(tok)), TRAIN, loss_scale=1.0)

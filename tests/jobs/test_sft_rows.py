@@ -1,0 +1,105 @@
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.sft_rows import BadRow, BadRowsError, chatterbot_rows, iter_raw_rows, locate, normalize_row
+
+
+def test_ultrachat_shape_first_and_last_turn():
+    row = {
+        "prompt_id": "abc",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+        ],
+    }
+    first = normalize_row(row, "first")
+    assert first.prompt_id == "abc" and first.real == "Hello!"
+    assert [m["role"] for m in first.prompt] == ["system", "user"]
+    last = normalize_row(row, "last")
+    assert last.real == "4" and len(last.prompt) == 4
+
+
+def test_prompt_response_shape_and_derived_ids():
+    a = normalize_row({"prompt": "Q?", "response": "A.", "system": "S"})
+    b = normalize_row({"prompt": "Q?", "response": "Another answer."})
+    assert a.prompt == [{"role": "system", "content": "S"}, {"role": "user", "content": "Q?"}]
+    assert a.prompt_id.startswith("sha1-")
+    # Same prompt without the system message is a different prompt; same prompt is the same id.
+    assert a.prompt_id != b.prompt_id
+    assert normalize_row({"prompt": "Q?", "response": "x"}).prompt_id == b.prompt_id
+    assert normalize_row({"prompt_id": 7, "prompt": "Q?", "response": "x"}).prompt_id == "7"
+
+
+@pytest.mark.parametrize(
+    ("row", "reason"),
+    [
+        ({"prompt": "Q?"}, "'response' is missing"),
+        ({"response": "A"}, "'prompt' is missing"),
+        ({"prompt": "Q?", "response": 42}, "'response' must be a string, got int"),
+        ({"prompt": "Q?", "response": "   "}, "'response' is empty"),
+        ({"prompt": ["Q?"], "response": "A"}, "'prompt' must be a string, got list"),
+        ({"messages": "hi"}, "'messages' must be a non-empty list"),
+        ({"messages": [{"role": "user", "content": "Q"}]}, "no assistant message"),
+        ({"messages": [{"role": "assistant", "content": "A"}]}, "not preceded by a user message"),
+        ({"messages": [{"role": "bot", "content": "A"}]}, "messages[0].role must be one of system, user, assistant"),
+        (
+            {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "A"}]},
+            "messages[0].content is empty",
+        ),
+        ({"prompt_id": {"x": 1}, "prompt": "Q", "response": "A"}, "'prompt_id' must be a string or an integer"),
+        ({"text": "hello"}, "needs 'messages', or 'prompt' and 'response'; found keys ['text']"),
+        (["not", "an", "object"], "expected an object, got list"),
+    ],
+)
+def test_unusable_rows_say_why(row, reason):
+    with pytest.raises(BadRow) as e:
+        normalize_row(row)
+    assert reason in str(e.value)
+
+
+def test_jsonl_rows_keep_line_numbers_and_flag_broken_json():
+    data = b'{"prompt": "a", "response": "b"}\n\n{not json}\n{"prompt": "c", "response": "d"}\n'
+    rows = list(iter_raw_rows(data, "jsonl"))
+    assert [i for i, _ in rows] == [0, 2, 3]
+    assert isinstance(rows[1][1], BadRow) and "not valid JSON" in str(rows[1][1])
+    assert locate("data.jsonl", 2) == "data.jsonl line 3"
+
+
+def test_parquet_rows():
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"prompt": ["a", "c"], "response": ["b", None]}), buf)
+    rows = list(iter_raw_rows(buf.getvalue(), "parquet"))
+    assert rows[0] == (0, {"prompt": "a", "response": "b"})
+    with pytest.raises(BadRow, match="'response' is missing"):
+        normalize_row(rows[1][1])
+    assert locate("data.parquet", 1) == "data.parquet row 1"
+
+
+def test_bad_rows_error_lists_examples_and_count():
+    err = BadRowsError(12, [f"f.jsonl line {i}: 'response' is missing" for i in range(10)])
+    text = str(err)
+    assert "12 SFT row(s) cannot be used" in text and "data.bad_rows: skip" in text
+    assert "f.jsonl line 3: 'response' is missing" in text and "... and 2 more" in text
+
+
+def test_chatterbot_corpus_is_real_chat_data():
+    rows = list(chatterbot_rows("english"))
+    assert len(rows) > 1500
+    usable, unusable = [], []
+    for source, i, raw in rows:
+        try:
+            usable.append(normalize_row(raw))
+        except BadRow:
+            unusable.append((source, i))
+    assert len(usable) > 1500
+    assert all(u.prompt[-1]["role"] == "user" and u.real.strip() for u in usable)
+    trivia = [u for u in usable if "37th President" in u.prompt[-1]["content"]]
+    assert trivia and trivia[0].real == "Richard Nixon"
+    json.dumps([u.prompt for u in usable[:5]])  # JSON-serialisable as stored in records
