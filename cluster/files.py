@@ -77,3 +77,12 @@ def read_text(location: str) -> str:
 def is_file(location: str) -> bool:
     fs, path = filesystem(location)
     return bool(fs.get_file_info(path).type == pafs.FileType.File)
+
+
+def copy_folder(local_dir: str, location: str) -> None:
+    """Copy a local folder to `location` (a local path or a URI), replacing what is there."""
+    fs, path = filesystem(location)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from jobs.spin.pairs import response_budget, truncate_prompt, truncate_response
+
 
 class ChatTokenizer(Protocol):
     eos_token_id: int | None
@@ -46,3 +48,19 @@ def pad_id(tokenizer: ChatTokenizer) -> int:
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has neither a pad nor an eos token")
     return int(tokenizer.eos_token_id)
+
+
+def encode_example(
+    tokenizer: ChatTokenizer,
+    messages: list[dict[str, str]],
+    real: str,
+    max_prompt_length: int,
+    max_length: int,
+    max_new_tokens: int | None = None,
+) -> tuple[list[int], list[int], int, bool]:
+    """A training example as every stage sees it: (prompt ids cut to max_prompt_length keeping their end, real
+    answer ids cut to the response budget, that budget, whether the real answer was cut)."""
+    prompt = truncate_prompt(encode_prompt(tokenizer, messages), max_prompt_length)
+    budget = response_budget(len(prompt), max_length, max_new_tokens)
+    real_ids, cut = truncate_response(encode_response(tokenizer, real), budget)
+    return prompt, real_ids, budget, cut

@@ -1,6 +1,7 @@
 """`spin`: the command line.
 
 spin demo                         SPIN on the embedded default (tiny model, arithmetic, local Ray), two iterations
+spin sft CONFIG                   make the config's starting model: SFT until its validation split stops improving
 spin run CONFIG [--iteration K]   run a config's iterations (resuming; finished ones are skipped)
 spin baseline CONFIG              train and evaluate continued SFT at equal compute, after the iterations
 spin report RUN                   the run's table, report.json and plots (RUN: a run id or a storage URI)
@@ -16,7 +17,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -63,6 +64,30 @@ def demo(
     from jobs.demo.driver import DEMO_CONFIG, run_demo
 
     run_demo(config or DEMO_CONFIG, set_)
+
+
+@app.command()
+def sft(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Fine-tune the config's `sft.base_model` into its `model.path` on the run's training split, until the
+    validation split stops improving; the run's validation and test prompts are never trained on."""
+    from cluster.files import read_text
+    from cluster.logs import setup_logging
+    from jobs.baseline.sft import run_sft
+
+    setup_logging()
+    cfg = SpinConfig.from_yaml_text(read_text(config), set_, source=config)
+    result = run_sft(cfg, on_step=_echo_every(100))
+    scores = "  ".join(f"step {step}: {score:.4f}" for step, score in result["validation"])
+    typer.echo(f"SFT: {result['steps']} steps, best at step {result['best_step']}; validation {scores}")
+    typer.echo(f"wrote {cfg.model.path}")
+
+
+def _echo_every(n: int) -> Any:
+    def show(step: int, loss: float) -> None:
+        if step % n == 0:
+            typer.echo(f"step {step}: loss {loss:.4f}", err=True)
+
+    return show
 
 
 @app.command()
@@ -137,7 +162,9 @@ def baseline(config: ConfigArg, set_: SetOpt = None) -> None:
     from jobs.baseline.continued_sft import run_continued_sft
 
     metrics = run_continued_sft(cfg)
-    typer.echo(f"continued SFT: task metric {metrics.task_metric}, steps {metrics.train.steps}")
+    test = metrics.test.task_metric if metrics.test else None
+    lr, steps = metrics.train.learning_rate, metrics.train.steps
+    typer.echo(f"continued SFT (lr {lr:g}, chosen on validation): test task metric {test}, {steps} steps")
 
 
 @app.command()

@@ -10,14 +10,15 @@ configs/config.yaml) unless a comment says why not.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from cluster.files import absolute
-from jobs.spin.names import LossType
+from jobs.spin.names import LossType, NoNegative, PairRule
 from services.generator.schemas import EngineSettings, Strict
 
 # Ray's workers run in other folders: a relative path means the loading process's working folder, made absolute
@@ -41,7 +42,10 @@ class DataConfig(Strict):
     )
     # The official reformat.py keeps only the first user/assistant exchange of each conversation.
     turn: Literal["first", "last"] = "first"
-    held_out_prompts: int = Field(0, ge=0, description="Prompts set aside for evaluation, never trained on.")
+    # Prompts set aside, never trained on: every choice (best checkpoint, guard, a baseline's lr) is made on the
+    # validation split, and results are reported on the test split only.
+    validation_prompts: int = Field(0, ge=0, description="Prompts every choice is made on.")
+    test_prompts: int = Field(0, ge=0, description="Prompts results are reported on, and nothing else.")
     seed: int = 42  # the official code shuffles with seed 42
 
     @model_validator(mode="after")
@@ -59,6 +63,19 @@ class SamplingConfig(Strict):
     # response. The paper's 256 against up to 512 real tokens made the two sides unequal (uclaml/SPIN#9).
     max_new_tokens: int | None = Field(None, ge=1)
     seed: int = 0
+
+
+class PairsConfig(Strict):
+    """How a prompt's samples become its pair's generated side."""
+
+    # 1 and "first" are the paper's: one sample, whatever it is.
+    samples_per_prompt: int = Field(1, ge=1, le=64, description="Samples drawn per prompt, in one vLLM request.")
+    rule: PairRule = "first"
+    no_negative: NoNegative = Field(
+        "replay",
+        description="A prompt none of whose samples qualifies: kept as an identical pair (the real answer on both "
+        "sides, trained on by the NLL term only), or skipped and counted.",
+    )
 
 
 class GeneratorConfig(EngineSettings):
@@ -83,20 +100,38 @@ class GuardConfig(Strict):
 
 
 class EvalConfig(Strict):
-    """Held-out evaluation (needs data.held_out_prompts > 0)."""
+    """Evaluation on the validation and test splits (data.validation_prompts, data.test_prompts)."""
 
     # A task metric from the data itself: exact match of the final answer, found by `answer_pattern` in the
     # real and in the generated response. The default reads "The answer is 42" (the arithmetic task);
     # GSM8k's answers would use "#### (-?[\d,]+)".
     task: Literal["none", "answer_match"] = "none"
-    answer_pattern: str = r"The answer is (-?\d+)"
+    answer_pattern: str = r"The answer is (-?\d+)"  # its first group is the answer
     max_new_tokens: int = Field(256, ge=1)
     every_steps: int | None = Field(None, ge=1, description="Evaluate during training every N steps (and at the end).")
-    prompts_during_training: int = Field(64, ge=1, description="Held-out prompts answered at each evaluation.")
+    prompts_during_training: int = Field(64, ge=1, description="Validation prompts answered at each evaluation.")
     select_best: bool = Field(True, description="Publish the best evaluated checkpoint, not the last.")
-    continued_sft_learning_rate: float | None = Field(
-        None, gt=0.0, description="Also train the 'continued SFT at equal compute' baseline, at this lr."
-    )
+    # The baseline SPIN must beat, given its best lr: each candidate is trained at SPIN's steps and sequences per
+    # step, and the one with the best validation score is reported on test. Empty: no baseline.
+    continued_sft_learning_rates: list[float] = Field(default_factory=list, max_length=8)
+
+    @field_validator("answer_pattern")
+    @classmethod
+    def _pattern_with_a_group(cls, pattern: str) -> str:
+        try:
+            groups = re.compile(pattern).groups
+        except re.error as e:
+            raise ValueError(f"eval.answer_pattern {pattern!r} is not a regular expression: {e}") from e
+        if groups < 1:
+            raise ValueError(f"eval.answer_pattern {pattern!r} has no group: its first group must capture the answer")
+        return pattern
+
+    @field_validator("continued_sft_learning_rates")
+    @classmethod
+    def _positive_rates(cls, rates: list[float]) -> list[float]:
+        if any(r <= 0 for r in rates):
+            raise ValueError(f"eval.continued_sft_learning_rates must be positive; got {rates}")
+        return rates
 
 
 class StoppingConfig(Strict):
@@ -119,15 +154,25 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.0, ge=0.0)  # HF Trainer default, which the official code keeps
     max_grad_norm: float | None = Field(1.0, gt=0.0)  # likewise
     epochs: int = Field(2, ge=1)
+    # A fixed step budget per iteration (the pairs repeat as needed), so SPIN and its baselines take equal steps.
+    # None: `epochs` passes over the pairs, as in the paper.
+    max_steps: int | None = Field(None, ge=1)
     global_batch_size: int = Field(64, ge=1)  # 8 GPUs × 8 per device × 1 accumulation step
     micro_batch_size: int = Field(8, ge=1, description="Pairs per worker per forward pass.")
     max_prompt_length: int = Field(512, ge=1)
     max_length: int = Field(1024, ge=2)
-    # Pairs whose generation equals the real response give exactly zero SPIN gradient. The paper keeps them.
+    # Pairs whose generation equals the real response give exactly zero SPIN gradient. The paper keeps them, and
+    # with the NLL term below they are replay of the real answers; dropping them trains on the failures only.
     drop_identical_pairs: bool = False
-    # Safeguards against pushing the human answers down with the model's own (off in the paper).
-    real_nll_weight: float = Field(0.0, ge=0.0, description="Weight of an added NLL term on the real responses.")
+    # The NLL term on the real answers (RPO: Pang et al. 2024 found it "crucial": GSM8K 55.6 → 81.6 on Llama-2-70B,
+    # 61.8 without it). Off in the SPIN paper; on by default here, because without it, at a learning rate that
+    # changes a small model's answers, SPIN pushed the real answers down with its own (exact match 0.81 → 0.61 on
+    # arithmetic, the real answers' log-prob −0.21 → −1.75, measured on the demo's model).
+    real_nll_weight: float = Field(1.0, ge=0.0, description="Weight of an added NLL term on the real responses.")
     length_normalize: bool = Field(False, description="Compare mean per-token log-probs instead of sums.")
+    dpop_lambda: float = Field(50.0, ge=0.0)  # the "dpop" loss's λ; the Smaug paper's value
+    # Count the generated answer only up to its first token that differs from the real one (off by default).
+    mask_after_divergence: bool = False
     guard: GuardConfig = GuardConfig()
     num_workers: int = Field(8, ge=1)  # the paper trained on 8 A100s
     use_gpu: bool = True
@@ -152,6 +197,11 @@ class TrainConfig(Strict):
             )
         if self.precision == "bf16" and not self.use_gpu:
             raise ValueError("train.precision 'bf16' needs train.use_gpu; use 'fp32' on CPU")
+        if self.drop_identical_pairs and self.real_nll_weight > 0:
+            raise ValueError(
+                "train.drop_identical_pairs with train.real_nll_weight > 0 would drop the NLL term's replay of the "
+                "answers the model already gets right and train on its failures only; set one of them off"
+            )
         return self
 
     @property
@@ -180,6 +230,22 @@ class IterationPlan(Strict):
     train: TrainConfig
 
 
+class SFTConfig(Strict):
+    """`spin sft CONFIG`: supervised fine-tuning of `base_model` into the run's `model.path`, on the run's own
+    training split (its validation and test prompts are never trained on), stopping once the validation score
+    has not improved for `patience` evaluations. The best evaluated weights are kept."""
+
+    base_model: Location
+    learning_rate: float = Field(gt=0.0)
+    batch_size: int = Field(ge=1)
+    max_steps: int = Field(ge=1)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = "constant"  # early stopping, not the schedule, ends it
+    eval_every_steps: int = Field(50, ge=1)
+    patience: int = Field(3, ge=1, description="Evaluations without a better validation score before stopping.")
+    seed: int = 0
+
+
 class RayConfig(Strict):
     address: str | None = Field(None, description="Join this cluster; None starts a local one on 127.0.0.1.")
     # Logical CPUs for a local cluster. More than the cores on purpose: on 2 cores, Ray Data stages otherwise
@@ -203,6 +269,7 @@ class SpinConfig(Strict):
     model: ModelConfig
     data: DataConfig
     sampling: SamplingConfig = SamplingConfig()
+    pairs: PairsConfig = PairsConfig()
     generator: GeneratorConfig = GeneratorConfig()
     train: TrainConfig = TrainConfig()
     prompts_per_iteration: int = Field(50_000, ge=1)
@@ -210,15 +277,21 @@ class SpinConfig(Strict):
     iterations: list[IterationSettings] = Field(default_factory=lambda: list(_PAPER_SCHEDULE), min_length=1)
     eval: EvalConfig = EvalConfig()
     stopping: StoppingConfig = StoppingConfig()
+    sft: SFTConfig | None = None
     ray: RayConfig = RayConfig()
 
     @model_validator(mode="after")
-    def _evaluation_needs_held_out(self) -> SpinConfig:
+    def _evaluation_needs_its_splits(self) -> SpinConfig:
         needs = self.eval.task != "none" or self.eval.every_steps or self.stopping.enabled
-        if needs and self.data.held_out_prompts == 0:
-            raise ValueError("evaluation and the stopping rule need held-out prompts: set data.held_out_prompts")
+        if (needs or self.eval.continued_sft_learning_rates) and self.data.validation_prompts == 0:
+            raise ValueError(
+                "evaluation, the stopping rule and the continued-SFT baseline choose on the validation split: "
+                "set data.validation_prompts"
+            )
         if self.train.guard.action != "none" and not self.eval.every_steps:
-            raise ValueError("train.guard reads held-out evaluations: set eval.every_steps")
+            raise ValueError("train.guard reads the validation evaluations: set eval.every_steps")
+        if self.pairs.rule == "incorrect" and self.eval.task == "none":
+            raise ValueError("pairs.rule 'incorrect' scores samples with the task metric: set eval.task")
         return self
 
     @property

@@ -41,17 +41,20 @@ class SpinMetrics(Record):
 
 
 class TrainStep(SpinMetrics):
-    """One optimizer step, reduced over every rank."""
+    """One optimizer step, reduced over every rank: all its pairs, and this iteration's (fresh) and the previous
+    iteration's (carried) apart."""
 
     step: int
     epoch: int
     learning_rate: float
     tokens_per_s: float
     grad_norm: float | None = None
+    fresh: SpinMetrics | None = None
+    carried: SpinMetrics | None = None
 
 
 class HeldOutEval(SpinMetrics):
-    """The policy at a training step against the iteration's reference, on the held-out pairs."""
+    """The policy at a training step against the iteration's reference, on the validation pairs."""
 
     step: int
     nll_real: float = Field(alias="nll/real")
@@ -84,34 +87,49 @@ class TrainSummary(Record):
 
 
 class GenerateSummary(Record):
-    rows: int
-    prompts: int
+    rows: int  # records written: training and validation prompts
+    prompts: int  # training prompts
     unique_prompts: int
     duplicate_rows: int
     bad_rows: int
     bad_row_examples: list[str] = []
-    held_out_prompts: int
-    generated_tokens: int = 0
-    tokens_per_s: float = 0.0
+    validation_prompts: int
+    test_prompts: int
+    sampled_tokens: int = 0  # every sample's tokens (k per prompt)
+    generated_tokens: int = 0  # the tokens of the pairs' generated sides
+    tokens_per_s: float = 0.0  # sampled tokens per second of the stage
+    identical_pairs: int = 0  # training pairs whose generated side equals the real answer
+    without_negative: int = 0  # training prompts none of whose samples met pairs.rule
+    skipped_prompts: int = 0  # of those, dropped (pairs.no_negative "skip")
     generator: GeneratorInfo | None = None
 
 
 class ScoreSummary(Record):
-    rows: int
+    rows: int  # this iteration's pairs
     dtype: str
+    carried: int = 0  # the previous iteration's training pairs, rescored by this iteration's model
+
+
+class SplitScores(Record):
+    """A model on one evaluation split (means over its prompts)."""
+
+    prompts: int
+    task_metric: float | None = None  # share of answers the task metric scores right, where the real answer has one
+    task_prompts: int | None = None  # the prompts it was measured on
+    nll: float  # the real answers' per-token negative log-likelihood, averaged over prompts
+    answer_tokens: float  # greedy answer length
 
 
 class Evaluation(Record):
-    """A served model's greedy answers to the held-out prompts, and the real answers' likelihood under it."""
+    """A served model's greedy answers to the validation and test prompts, and the real answers' likelihood under
+    it; the per-prompt results are stored beside (evaluation/), for paired comparisons."""
 
+    model: str
     model_version: int
-    held_out_prompts: int
-    generated_tokens: float  # mean answer length, in tokens
-    task_metric: float | None = None
-    task_prompts: int | None = None
-    nll_real: float | None = Field(None, alias="nll/real")
+    validation: SplitScores | None = None  # what every choice is made on
+    test: SplitScores | None = None  # what results are reported on
     selected_step: int | None = None
-    diagnostics: HeldOutEval | None = None  # SPIN's held-out diagnostics of the published checkpoint
+    diagnostics: HeldOutEval | None = None  # SPIN's validation diagnostics of the published checkpoint
 
 
 class IterationMetrics(Record):
@@ -136,9 +154,22 @@ class SFTTrainSummary(Record):
     examples: int
     learning_rate: float
     final_loss: float
+    seconds: float = 0.0
+
+
+class Candidate(Record):
+    """A continued-SFT learning rate tried: its validation scores, and what it cost."""
+
+    learning_rate: float
+    validation: SplitScores
+    train_seconds: float
+    eval_seconds: float
 
 
 class BaselineMetrics(Evaluation):
-    """baselines/<name>/metrics.json: a baseline model, evaluated like the SPIN models, and how it was trained."""
+    """baselines/continued_sft/metrics.json: the chosen baseline model, evaluated like the SPIN models, how it
+    was trained, and every candidate learning rate with its validation score and cost."""
 
     train: SFTTrainSummary
+    candidates: list[Candidate] = []
+    chosen_on: Literal["validation"] = "validation"

@@ -1,7 +1,10 @@
-"""The pair record: what the generate stage writes, the score stage completes and training reads.
+"""The records the stages exchange, as Arrow schemas.
 
-One Parquet file set per iteration under iter_<k>/pairs/. Token ids are stored with the text, so scoring
-and training use exactly the tokens the generator produced and saw, never a re-tokenisation.
+Pair records: what the generate stage writes (iter_<k>/generations/), the score stage completes with reference
+log-probs (iter_<k>/pairs/, and iter_<k>/carried/ for the previous iteration's pairs rescored) and training reads.
+Evaluation records: the run's validation and test prompts (eval_prompts/), and each evaluated model's answer to
+every one of them (.../evaluation/), which paired comparisons read. Token ids are stored with the text, so
+scoring, training and evaluation use exactly the tokens the generator produced and saw, never a re-tokenisation.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ SFT_ROW_SCHEMA = pa.schema(
 GENERATION_SCHEMA = pa.schema(
     [
         ("prompt_id", pa.string()),
-        ("split", pa.string()),  # "train", or "held_out" (evaluated on, never trained on)
+        ("split", pa.string()),  # "train", or "validation" (evaluated on, never trained on)
         ("iteration", pa.int32()),
         ("model_version", pa.int32()),
         ("prompt", pa.string()),  # rendered with the chat template
@@ -38,9 +41,37 @@ GENERATION_SCHEMA = pa.schema(
         ("generated_tokens", pa.int32()),
         ("real_truncated", pa.bool_()),
         ("finish_reason", pa.string()),
+        ("samples", pa.int32()),  # drawn for this prompt (pairs.samples_per_prompt)
+        ("sampled_tokens", pa.int32()),  # tokens of all of them
+        ("pick", pa.int32()),  # the sample that became the generated side; -1: none qualified (pairs.rule)
+        ("kept", pa.bool_()),  # false: no sample qualified and pairs.no_negative is "skip"
     ]
 )
 
-PAIR_SCHEMA = GENERATION_SCHEMA.append(pa.field("ref_logp_real", pa.float64())).append(
-    pa.field("ref_logp_generated", pa.float64())
+REFERENCE_COLUMNS = ("ref_logp_real", "ref_logp_generated")  # the reference's summed log-probs of each side
+PAIR_SCHEMA = GENERATION_SCHEMA.append(pa.field(REFERENCE_COLUMNS[0], pa.float64())).append(
+    pa.field(REFERENCE_COLUMNS[1], pa.float64())
+)
+
+EVAL_PROMPT_SCHEMA = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("split", pa.string()),  # "validation" or "test"
+        ("prompt", pa.string()),
+        ("real", pa.string()),
+        ("prompt_ids", _TOKENS),
+        ("real_ids", _TOKENS),
+        ("real_tokens", pa.int32()),
+    ]
+)
+
+EVAL_RESULT_SCHEMA = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("split", pa.string()),
+        ("answer", pa.string()),  # the model's greedy answer
+        ("answer_tokens", pa.int32()),
+        ("correct", pa.bool_()),  # the task metric's verdict; null without a task, or where the real has no answer
+        ("nll", pa.float64()),  # the real answer's per-token negative log-likelihood under the model
+    ]
 )

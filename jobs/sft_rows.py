@@ -14,9 +14,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import pyarrow as pa
+
+from cluster.files import filesystem
+from jobs.records import SFT_ROW_SCHEMA
+from jobs.spin.pairs import RowRef
 
 ROLES = ("system", "user", "assistant")
 
@@ -162,3 +168,73 @@ def chatterbot_rows(language: str = "english") -> Iterator[tuple[str, int, dict[
 
 def _as_text(value: Any) -> Any:
     return value if isinstance(value, str) or value is None else str(value)
+
+
+def prompt_key(messages_json: str) -> str:
+    """A key of a prompt's content (its messages as stored), so one prompt under two ids is recognised as one."""
+    return hashlib.sha1(messages_json.encode()).hexdigest()[:20]
+
+
+def rows_table(rows: Iterable[tuple[str, int, Any]], turn: Literal["first", "last"]) -> pa.Table:
+    """(source, row, raw object or BadRow) → a table in SFT_ROW_SCHEMA, with `error` set on unusable rows."""
+    columns: dict[str, list[Any]] = {name: [] for name in SFT_ROW_SCHEMA.names}
+    for source, row, obj in rows:
+        try:
+            if isinstance(obj, BadRow):
+                raise obj
+            example = normalize_row(obj, turn)
+            values = [example.prompt_id, json.dumps(example.prompt), example.real, None]
+        except BadRow as e:
+            values = [None, None, None, str(e)]
+        for name, value in zip(("prompt_id", "messages", "real", "error"), values, strict=True):
+            columns[name].append(value)
+        columns["source"].append(source)
+        columns["row"].append(row)
+    return pa.table(columns, schema=SFT_ROW_SCHEMA)
+
+
+def index_rows(table: pa.Table, bad_rows: Literal["fail", "skip"]) -> tuple[list[RowRef], list[str]]:
+    """Usable rows of an SFT_ROW_SCHEMA table as RowRefs, and a description of each unusable one.
+
+    With bad_rows="fail" any unusable row raises BadRowsError naming (up to ten of) them.
+    """
+    good: list[RowRef] = []
+    bad: list[str] = []
+    columns = (table.column(c).to_pylist() for c in ("prompt_id", "source", "row", "messages", "error"))
+    for pid, source, row, messages, error in zip(*columns, strict=True):
+        if error is None:
+            good.append(RowRef(pid, source, row, prompt_key(messages)))
+        else:
+            bad.append(f"{locate(source, row)}: {error}")
+    bad.sort()
+    if bad and bad_rows == "fail":
+        raise BadRowsError(len(bad), bad[:10])
+    return good, bad
+
+
+def read_rows(
+    path: str | None, source: Literal["file", "chatterbot"], fmt: Literal["auto", "jsonl", "parquet"], turn: Any
+) -> pa.Table:
+    """The SFT rows of a file, a folder of files or the bundled corpus, in this process (no Ray): `spin sft`."""
+    if source == "chatterbot":
+        return rows_table(chatterbot_rows(), turn)
+    assert path is not None
+    import pyarrow.fs as pafs
+
+    fs, root = filesystem(path)
+    if fs.get_file_info(root).type == pafs.FileType.Directory:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+        files = sorted(
+            i.path
+            for i in infos
+            if i.type == pafs.FileType.File and (fmt != "auto" or i.path.endswith((".jsonl", ".json", ".parquet")))
+        )
+    else:
+        files = [root]
+    tables = []
+    for name in files:
+        with fs.open_input_stream(name) as f:
+            tables.append(
+                rows_table(((name, i, obj) for i, obj in iter_raw_rows(f.read(), file_kind(name, fmt))), turn)
+            )
+    return pa.concat_tables(tables) if tables else SFT_ROW_SCHEMA.empty_table()

@@ -1,14 +1,19 @@
 """A run's storage: every path of a run folder, and atomic commits of what the stages write.
 
     <storage_uri>/config.yaml                    config()             the run's config
+    <storage_uri>/eval_prompts/                  eval_prompts()       the validation and test prompts (Parquet)
     <storage_uri>/iter_<k>/status.json           status(k)            live progress of iteration k (stage, units done)
     <storage_uri>/iter_<k>/generations/          generations(k)       generation records before scoring (Parquet)
     <storage_uri>/iter_<k>/pairs/                pairs(k)             pair records with reference log-probs (Parquet)
+    <storage_uri>/iter_<k>/carried/              carried(k)           iteration k−1's pairs, rescored by model k
     <storage_uri>/iter_<k>/train/                train(k)             Ray Train's resumable checkpoints
     <storage_uri>/iter_<k>/train/best/step_<n>/  best(k, n)           the best evaluated weights, while training
     <storage_uri>/iter_<k>/model/                model(k)             the model iteration k produced (Hugging Face)
+    <storage_uri>/iter_<k>/evaluation/           evaluation(k)        model k+1's answer to every eval prompt (Parquet)
     <storage_uri>/iter_<k>/metrics.json          metrics(k)           what iteration k measured (jobs/metrics.py)
-    <storage_uri>/baselines/<name>/              baseline(name)       a baseline's model/ and metrics.json
+    <storage_uri>/baselines/<name>/              baseline(name)       a baseline's evaluation/ and metrics.json:
+                                                                      sft (the starting model) and continued_sft,
+                                                                      whose candidates/lr_<lr>/ hold model/, evaluation/
     <storage_uri>/stopped.json                   stopped()            why the stopping rule ended the run
     <storage_uri>/report/                        report()             report.json and the plots of `spin report`
 
@@ -25,10 +30,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from cluster.files import MARKER, absolute, filesystem, is_uri, local_copy
 
+SFT = "sft"  # the starting model, evaluated as a baseline
 CONTINUED_SFT = "continued_sft"  # the baseline SPIN is compared against
 
 
@@ -45,6 +53,9 @@ class RunStorage:
     def config(self) -> str:
         return self.path("config.yaml")
 
+    def eval_prompts(self) -> str:
+        return self.path("eval_prompts")
+
     def iteration(self, k: int, *parts: str) -> str:
         return self.path(f"iter_{k}", *parts)
 
@@ -56,6 +67,12 @@ class RunStorage:
 
     def pairs(self, k: int) -> str:
         return self.iteration(k, "pairs")
+
+    def carried(self, k: int) -> str:
+        return self.iteration(k, "carried")
+
+    def evaluation(self, k: int) -> str:
+        return self.iteration(k, "evaluation")
 
     def train(self, k: int) -> str:
         return self.iteration(k, "train")
@@ -127,6 +144,23 @@ class RunStorage:
             str(local_dir), staging, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs
         )
         self.commit(staging, path, meta)
+
+    # --- tables ------------------------------------------------------------------------------------
+    def write_table(self, path: str, table: pa.Table, meta: dict[str, Any] | None = None) -> None:
+        """A small table as a committed folder of one Parquet part."""
+        staging = self.staging_path(path)
+        with self.fs.open_output_stream(f"{staging}/part-00000.parquet") as f:
+            pq.write_table(table, f)
+        self.commit(staging, path, {"rows": table.num_rows, **(meta or {})})
+
+    def read_table(self, path: str) -> pa.Table:
+        """A committed folder of Parquet parts as one table; a folder without its marker is refused."""
+        if not self.is_complete(path):
+            raise FileNotFoundError(f"{self.uri_of(path)} is missing or incomplete (no {MARKER} marker)")
+        parts = sorted(
+            info.path for info in self.fs.get_file_info(pafs.FileSelector(path)) if info.base_name.endswith(".parquet")
+        )
+        return pa.concat_tables([pq.read_table(p, filesystem=self.fs) for p in parts]) if parts else pa.table({})
 
     # --- small files --------------------------------------------------------------------------------
     def write_json(self, path: str, obj: Any) -> None:

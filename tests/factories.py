@@ -52,6 +52,20 @@ def step_metrics(**values: float) -> dict[str, float]:
     return {name: 0.0 for name in METRIC_NAMES} | values
 
 
+def split_scores(task_metric: float | None, nll: float, prompts: int = 10) -> dict[str, Any]:
+    return {"prompts": prompts, "task_metric": task_metric, "task_prompts": prompts, "nll": nll, "answer_tokens": 8.0}
+
+
+def evaluation(version: int, task_metric: float | None, nll: float, **extra: Any) -> dict[str, Any]:
+    """A model's evaluation summary: the same scores on the validation and the test split."""
+    return {
+        "model": f"/tmp/r/model-{version}",
+        "model_version": version,
+        "validation": split_scores(task_metric, nll),
+        "test": split_scores(task_metric, nll),
+    } | extra
+
+
 def iteration_metrics(
     k: int,
     *,
@@ -78,6 +92,15 @@ def iteration_metrics(
         "task_metric": task_metric,
         "score": task_metric or 0.0,
     }
+    generate = {
+        "rows": 110,
+        "prompts": 100,
+        "unique_prompts": 130,
+        "duplicate_rows": 0,
+        "bad_rows": 0,
+        "validation_prompts": 10,
+        "test_prompts": 20,
+    }
     return IterationMetrics.model_validate(
         {
             "iteration": k,
@@ -86,14 +109,7 @@ def iteration_metrics(
             "model_in": f"/tmp/r/iter_{k - 1}/model" if k else "/tmp/m",
             "model_out": f"/tmp/r/iter_{k}/model",
             "stage_seconds": {"generate": 10.0, "train": 20.0},
-            "generate": {
-                "rows": 110,
-                "prompts": 100,
-                "unique_prompts": 110,
-                "duplicate_rows": 0,
-                "bad_rows": 0,
-                "held_out_prompts": 10,
-            },
+            "generate": generate,
             "score": {"rows": 110, "dtype": "float32"},
             "train": {
                 "pairs": 100 * (k + 1),
@@ -102,14 +118,7 @@ def iteration_metrics(
                 "history": history,
                 "selected": selected,
             },
-            "evaluation": {
-                "model_version": k + 1,
-                "held_out_prompts": 10,
-                "task_metric": task_metric,
-                "generated_tokens": 20.0 + k,
-                "selected_step": len(losses),
-                "diagnostics": selected,
-            },
+            "evaluation": evaluation(k + 1, task_metric, nll, selected_step=len(losses), diagnostics=selected),
             "baseline": baseline,
         }
     )

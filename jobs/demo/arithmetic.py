@@ -84,6 +84,14 @@ def _problem(rng: random.Random, style: Style) -> Problem:
     return Problem(q, solution, c)
 
 
+QUESTIONS = {"add": "buys", "subtract": "gives away", "multiply": "boxes with", "divide": "shares"}
+
+
+def operation(question: str) -> str:
+    """Which of the four operations a problem's question asks for (read back from its wording)."""
+    return next((op for op, words in QUESTIONS.items() if words in question), "other")
+
+
 def make_problems(n: int, seed: int, exclude: Iterable[Problem] = (), style: Style = "equation") -> list[Problem]:
     """`n` distinct problems from `seed`, none of whose questions appear in `exclude`.
 

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,69 +24,39 @@ from jobs.metrics import IterationMetrics
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo_cpu.yaml"
 
-# The demo's SFT model: trained until its held-out exact match levels off (the continued-SFT baseline measures what
-# more SFT still gives), so the comparison with SPIN is honest. A cached model is reused only if made so.
-SFT_RECIPE = {
-    "model": {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 256},
-    "problems": 30000,
-    "style": "answer",
-    "steps": 6000,  # 3000 stopped mid-climb (held-out exact match 0.55, still rising); 6000 reaches 0.92
-    "warmup_steps": 50,
-    "batch_size": 64,
-    "learning_rate": 3e-3,
-    "data_seed": 1,
-}
+# The demo's task and tiny model; its SFT recipe is the config's `sft:` section (made by the same code as `spin sft`).
+PROBLEMS = {"count": 30000, "seed": 1, "style": "answer"}
+TINY_MODEL = {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "intermediate_size": 256}
 
 
 def prepare(cfg: SpinConfig, console: Console) -> None:
-    """Write the demo's data and train its SFT model where `cfg` expects them, unless already there.
+    """Write the demo's data, build the tiny base model and fine-tune it into the run's SFT model, unless done.
 
-    The held-out prompts SPIN evaluates on are chosen exactly as the run will choose them, and the SFT model
-    never sees them either.
+    The SFT trains on the run's own training split only: the validation and test problems SPIN is judged on are
+    chosen by the same rule and never trained on.
     """
-    from jobs.baseline.sft import sft
+    from jobs.baseline.sft import run_sft
     from jobs.demo.arithmetic import make_problems, write_jsonl
     from jobs.demo.tiny_model import build_tiny_model
-    from jobs.spin.pairs import RowRef, select_prompts
 
-    assert cfg.data.path is not None
-    data_path, sft_dir = Path(cfg.data.path), Path(cfg.model.path)
-    problems = make_problems(SFT_RECIPE["problems"], seed=SFT_RECIPE["data_seed"], style=SFT_RECIPE["style"])
+    assert cfg.data.path is not None and cfg.sft is not None
+    data_path, base = Path(cfg.data.path), Path(cfg.sft.base_model)
     if not data_path.exists():
+        problems = make_problems(PROBLEMS["count"], seed=PROBLEMS["seed"], style=PROBLEMS["style"])  # type: ignore[arg-type]
         write_jsonl(problems, data_path)
         console.print(f"wrote {len(problems)} arithmetic problems to {data_path}")
-    recipe = SFT_RECIPE | {"held_out": cfg.data.held_out_prompts, "data_seed_split": cfg.data.seed}
-    recipe_file = sft_dir / "demo_recipe.json"
-    if recipe_file.exists() and json.loads(recipe_file.read_text()) == recipe:
-        console.print(f"using the cached SFT model in {sft_dir}")
-        return
-    # The run's own rule picks its held-out prompts: the same ids, whatever file they are read from.
-    refs = [RowRef(p.prompt_id, str(data_path), i) for i, p in enumerate(problems)]
-    selection = select_prompts(refs, count=0, held_out=cfg.data.held_out_prompts, seed=cfg.data.seed, iteration=0)
-    held_out = {r.prompt_id for r in selection.held_out}
-    examples = [
-        ([{"role": "user", "content": p.question}], p.solution) for p in problems if p.prompt_id not in held_out
-    ]
-    base = build_tiny_model(sft_dir.parent / "base", **SFT_RECIPE["model"])
+    if not (base / "config.json").exists():
+        build_tiny_model(base, **TINY_MODEL)
     with console.status("") as status:
 
         def show(step: int, loss: float) -> None:
-            status.update(f"supervised fine-tuning the tiny model: step {step}/{SFT_RECIPE['steps']}, loss {loss:.3f}")
+            status.update(f"supervised fine-tuning the tiny model: step {step}/{cfg.sft.max_steps}, loss {loss:.3f}")
 
-        result = sft(
-            str(base),
-            sft_dir,
-            examples,
-            steps=SFT_RECIPE["steps"],
-            batch_size=SFT_RECIPE["batch_size"],
-            learning_rate=SFT_RECIPE["learning_rate"],
-            warmup_steps=SFT_RECIPE["warmup_steps"],
-            on_step=show,
-        )
-    recipe_file.write_text(json.dumps(recipe))
+        result = run_sft(cfg, on_step=show)
+    scores = ", ".join(f"{score:.3f} at step {step}" for step, score in result["validation"][-3:])
     console.print(
-        f"SFT on {len(examples)} problems ({len(held_out)} held out): {result['steps']} steps in "
-        f"{result['seconds']:.0f}s, final loss {result['final_loss']:.3f}"
+        f"SFT model: {result['steps']} steps on {result['train_examples']} problems, validation exact match "
+        f"{scores} (kept: step {result['best_step']})"
     )
 
 
@@ -142,7 +111,7 @@ def run_demo(config_path: Path = DEMO_CONFIG, overrides: list[str] | None = None
     console.print(f"Ray is up; its dashboard is {dashboard}")
     try:
         run = _drive(cfg, dashboard, console)
-        if run["state"] in ("completed", "stopped") and cfg.eval.continued_sft_learning_rate:
+        if run["state"] in ("completed", "stopped") and cfg.eval.continued_sft_learning_rates:
             _continued_sft(cfg, console)
     finally:
         if ours:
@@ -179,12 +148,16 @@ def _continued_sft(cfg: SpinConfig, console: Console) -> None:
 
 
 def _report(cfg: SpinConfig, out: Console) -> None:
-    from jobs.report.render import rich_table, write_report
+    from jobs.report.render import rich_table, verdict_lines, write_report
     from jobs.report.results import load_run, report_rows
     from jobs.storage import RunStorage
 
     record = load_run(cfg.storage_uri)
-    out.print(rich_table(report_rows(record), title="SPIN vs SFT on held-out problems (change vs SFT in brackets)"))
+    title = f"SPIN, SFT and continued SFT on {cfg.data.test_prompts} test problems (change vs SFT in brackets)"
+    out.print(rich_table(report_rows(record), title=title))
+    out.print(operation_shares(cfg))
+    for line in verdict_lines(record):
+        out.print(line)
     folder = RunStorage(cfg.storage_uri).report()
     write_report(record, folder)
     out.print(f"report.json and plots (loss, margins, accuracies, task_metric) in {folder}")
@@ -224,3 +197,27 @@ def _drive(cfg: SpinConfig, dashboard: str, console: Console) -> dict[str, Any]:
         else:
             console.print(f"run {run['id']} is already complete (delete {demo_root}/runs to start over)")
     return run
+
+
+def operation_shares(cfg: SpinConfig) -> str:
+    """Which operations the informative (non-identical) training pairs of each iteration ask about: a skewed
+    share predicts what SPIN's contrast can and cannot teach."""
+    import pyarrow.parquet as pq
+
+    from jobs.demo.arithmetic import operation
+    from jobs.storage import RunStorage
+
+    storage, lines = RunStorage(cfg.storage_uri), []
+    for k in range(cfg.num_iterations):
+        if not storage.is_complete(storage.pairs(k)):
+            break
+        rows = pq.read_table(storage.pairs(k), filesystem=storage.fs).to_pylist()
+        kept = [r for r in rows if r["split"] == "train" and r["real_ids"] != r["generated_ids"]]
+        counts: dict[str, int] = {}
+        for r in kept:
+            counts[operation(r["prompt"])] = counts.get(operation(r["prompt"]), 0) + 1
+        shares = ", ".join(f"{op} {n / max(1, len(kept)):.0%}" for op, n in sorted(counts.items()))
+        lines.append(
+            f"iteration {k}: {len(kept)} of {sum(r['split'] == 'train' for r in rows)} pairs differ ({shares})"
+        )
+    return "\n".join(lines)

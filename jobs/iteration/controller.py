@@ -2,10 +2,11 @@
 
     generate  the generator (model k) answers a seeded sample of SFT prompts       → iter_k/generations/
     score     model k's log-probs of the real and generated answers (reference)   → iter_k/pairs/
-    baseline  (iteration 0, with held-out prompts) the SFT model's own held-out scores
+    baseline  (iteration 0) the SFT model on the validation and test prompts        → baselines/sft/evaluation/
     train     Ray Train FSDP2 workers minimise the SPIN loss, publishing model k+1 → iter_k/model/
-    publish   the generator moves to model k+1 (the best evaluated checkpoint) without a restart
-    evaluate  model k+1's greedy answers to the held-out prompts: task metric, answer length
+              (the checkpoint that scored best on the validation split)
+    publish   the generator moves to model k+1 without a restart
+    evaluate  model k+1 on the validation and test prompts, prompt by prompt      → iter_k/evaluation/
     record    what was measured                                                    → iter_k/metrics.json
 
 Each stage's output is committed atomically and skipped when already complete, so a re-run resumes where
@@ -44,7 +45,8 @@ def run_iteration(cfg: SpinConfig, k: int, progress: Progress | None = None) -> 
 
 
 def _run_stages(ctx: IterationContext, progress: Progress, status: StatusSink) -> IterationMetrics:
-    k, evaluating, storage = ctx.k, ctx.cfg.data.held_out_prompts > 0, ctx.storage
+    d, storage, k = ctx.cfg.data, ctx.storage, ctx.k
+    evaluating = d.validation_prompts + d.test_prompts > 0
     baseline: Evaluation | None = None
     evaluation: Evaluation | None = None
 

@@ -3,11 +3,11 @@ stage records written and read back as committed Parquet folders."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray.data
 from ray.data.block import Block
@@ -16,31 +16,14 @@ from ray.data.datasource import FileBasedDatasource
 from cluster.files import MARKER
 from jobs.config import DataConfig
 from jobs.records import SFT_ROW_SCHEMA
-from jobs.sft_rows import BadRow, BadRowsError, chatterbot_rows, file_kind, iter_raw_rows, locate, normalize_row
+from jobs.sft_rows import chatterbot_rows, file_kind, iter_raw_rows, rows_table
+from jobs.sft_rows import index_rows as sft_index_rows
 from jobs.spin.pairs import RowRef
 from jobs.storage import RunStorage
 
 ROWS_PER_BLOCK = 4096
 # On 2 cores, a Data task asking for a whole CPU waits forever for one that the Serve replica or a Train worker holds.
 READ_CPUS = 0.25
-
-
-def rows_table(rows: Iterable[tuple[str, int, Any]], turn: Literal["first", "last"]) -> pa.Table:
-    """(source, row, raw object or BadRow) → a table in SFT_ROW_SCHEMA, with `error` set on unusable rows."""
-    columns: dict[str, list[Any]] = {name: [] for name in SFT_ROW_SCHEMA.names}
-    for source, row, obj in rows:
-        try:
-            if isinstance(obj, BadRow):
-                raise obj
-            example = normalize_row(obj, turn)
-            values = [example.prompt_id, json.dumps(example.prompt), example.real, None]
-        except BadRow as e:
-            values = [None, None, None, str(e)]
-        for name, value in zip(("prompt_id", "messages", "real", "error"), values, strict=True):
-            columns[name].append(value)
-        columns["source"].append(source)
-        columns["row"].append(row)
-    return pa.table(columns, schema=SFT_ROW_SCHEMA)
 
 
 class SFTDatasource(FileBasedDatasource):
@@ -81,26 +64,10 @@ def read_sft(data: DataConfig) -> ray.data.Dataset:
 
 
 def index_rows(rows: ray.data.Dataset, bad_rows: Literal["fail", "skip"]) -> tuple[list[RowRef], list[str]]:
-    """Usable rows as RowRefs, and a description of each unusable one.
-
-    With bad_rows="fail" any unusable row raises BadRowsError naming (up to ten of) them.
-    """
-    columns = rows.select_columns(["prompt_id", "source", "row", "error"])
+    """Usable rows as RowRefs, and a description of each unusable one (see jobs.sft_rows.index_rows)."""
+    columns = rows.select_columns(["prompt_id", "source", "row", "messages", "error"])
     batches = list(columns.iter_batches(batch_format="pyarrow", batch_size=None))
-    table = pa.concat_tables(batches) if batches else SFT_ROW_SCHEMA.empty_table()
-    good: list[RowRef] = []
-    bad: list[str] = []
-    for pid, source, row, error in zip(
-        *(table.column(c).to_pylist() for c in ("prompt_id", "source", "row", "error")), strict=True
-    ):
-        if error is None:
-            good.append(RowRef(pid, source, row))
-        else:
-            bad.append(f"{locate(source, row)}: {error}")
-    bad.sort()
-    if bad and bad_rows == "fail":
-        raise BadRowsError(len(bad), bad[:10])
-    return good, bad
+    return sft_index_rows(pa.concat_tables(batches) if batches else SFT_ROW_SCHEMA.empty_table(), bad_rows)
 
 
 def keep_rows(rows: ray.data.Dataset, splits: dict[tuple[str, int], str]) -> ray.data.Dataset:
@@ -166,9 +133,17 @@ def read_records(storage: RunStorage, paths: list[str]) -> ray.data.Dataset:
     )
 
 
-def read_pairs(storage: RunStorage, iterations: list[int], split: str) -> ray.data.Dataset:
-    """The committed pair records of `split` ("train" or "held_out") of the given iterations."""
-    return read_records(storage, [storage.pairs(k) for k in iterations]).filter(expr=f"split == '{split}'")
+def read_pairs(storage: RunStorage, iterations: list[int], split: str, folder: str = "pairs") -> ray.data.Dataset:
+    """The committed pair records of `split` ("train" or "validation") of the given iterations that training
+    keeps (a prompt skipped by pairs.no_negative is not); `folder` "carried" reads the rescored carried pairs."""
+    paths = [storage.pairs(k) if folder == "pairs" else storage.carried(k) for k in iterations]
+
+    def selected(batch: pa.Table) -> pa.Table:
+        return batch.filter(pc.and_(pc.equal(batch.column("split"), split), batch.column("kept")))
+
+    return read_records(storage, paths).map_batches(
+        selected, batch_format="pyarrow", batch_size=None, num_cpus=READ_CPUS
+    )
 
 
 def to_table(ds: ray.data.Dataset) -> pa.Table:

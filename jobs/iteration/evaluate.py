@@ -1,31 +1,37 @@
-"""Evaluate stage: the generator's greedy answers to the held-out prompts, scored by the task metric.
+"""Evaluating a model on the run's validation and test prompts: the generator's greedy answers, scored by the
+task metric, and the real answers' likelihood under the model, prompt by prompt.
 
-Every model of a run (the SFT model, then each iteration's) is evaluated the same way: the same prompts, the
-same engine (the run's vLLM generator), greedy decoding, and the same answer matcher.
+Every model of a run (the SFT model, each iteration's, the continued-SFT candidates) is evaluated the same way:
+the same prompts (eval_prompts/, fixed for the run), the same engine (the run's vLLM generator), greedy decoding,
+the same answer matcher, and the trainer's forward pass for the likelihood. Each per-prompt result is stored
+(<model>/evaluation/), so any two models can be compared prompt by prompt (jobs/report/comparisons.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import ray
 import torch
 
+from cluster.files import local_copy
+from jobs.chat import pad_id
+from jobs.hf import load_causal_lm, load_tokenizer
 from jobs.iteration.context import IterationContext
-from jobs.iteration.data import read_pairs, to_table
-from jobs.iteration.train_eval import task_metric
-from jobs.metrics import Evaluation
+from jobs.iteration.train_eval import no_answer_found
+from jobs.iteration.train_step import response_logps
+from jobs.metrics import Evaluation, SplitScores
 from jobs.progress import Stage
-from jobs.spin.metrics import response_nll
+from jobs.records import EVAL_RESULT_SCHEMA
+from jobs.spin.metrics import answer_match
 from services.generator.client import generator_handle
 from services.generator.schemas import Completion, GenerateRequest
 
 REQUEST_SIZE = 64
-
-
-def held_out_table(ctx: IterationContext) -> pa.Table:
-    """This iteration's held-out pair records."""
-    return to_table(read_pairs(ctx.storage, [ctx.k], "held_out"))
+SPLITS = ("validation", "test")
 
 
 def greedy_answers(
@@ -48,36 +54,104 @@ def greedy_answers(
     return completions
 
 
-def evaluate_served(ctx: IterationContext, version: int, stage: Stage | None = None) -> Evaluation:
-    """Task metric and answer length of the model the generator serves as `version`, on the held-out prompts."""
-    table = held_out_table(ctx)
-    prompts, reals = table.column("prompt_ids").to_pylist(), table.column("real").to_pylist()
-    e = ctx.cfg.eval
-    completions = greedy_answers(
-        ctx.generator_app, prompts, e.max_new_tokens, version, ctx.cfg.generator.request_timeout_s
+def _real_answer_nll(model_uri: str, data: list[tuple[list[int], list[int]]], batch_size: int) -> list[float]:
+    """Per prompt, the real answer's per-token NLL under the model (run as a Ray task beside the generator)."""
+    model_dir = local_copy(model_uri)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, pad = load_causal_lm(model_dir, torch.float32, device).eval(), pad_id(load_tokenizer(model_dir))
+    out: list[float] = []
+    with torch.no_grad():
+        for i in range(0, len(data), batch_size):
+            logps, tokens = response_logps(model, data[i : i + batch_size], pad, device)
+            out += (-logps / tokens).double().tolist()
+    return out
+
+
+def real_answer_nll(ctx: IterationContext, model_uri: str, table: pa.Table) -> list[float]:
+    data = list(zip(table.column("prompt_ids").to_pylist(), table.column("real_ids").to_pylist(), strict=True))
+    resources: dict[str, Any] = {"num_gpus": 1} if ctx.train.use_gpu else {"num_cpus": 1}
+    task = ray.remote(**resources)(_real_answer_nll)
+    nll: list[float] = ray.get(task.remote(model_uri, data, ctx.train.micro_batch_size))
+    return nll
+
+
+def correctness(answers: Sequence[str], reals: Sequence[str], pattern: str) -> list[bool | None]:
+    """The task metric's verdict on each answer; None where the real answer has no answer to match."""
+    out: list[bool | None] = []
+    for answer, real in zip(answers, reals, strict=True):
+        score, counted = answer_match([answer], [real], pattern)
+        out.append(None if counted == 0 else score == 1.0)
+    if reals and all(c is None for c in out):
+        raise ValueError(no_answer_found(pattern, reals))
+    return out
+
+
+def split_scores(results: pa.Table) -> SplitScores:
+    counted = results.filter(pc.is_valid(results.column("correct")))
+    return SplitScores(
+        prompts=results.num_rows,
+        task_metric=pc.mean(counted.column("correct").cast(pa.float64())).as_py() if counted.num_rows else None,
+        task_prompts=counted.num_rows if counted.num_rows else None,
+        nll=pc.mean(results.column("nll")).as_py(),
+        answer_tokens=pc.mean(results.column("answer_tokens")).as_py(),
     )
+
+
+def evaluate_model(
+    ctx: IterationContext,
+    model_uri: str,
+    version: int,
+    folder: str,
+    stage: Stage | None = None,
+    splits: Sequence[str] = SPLITS,
+) -> Evaluation:
+    """Evaluate the model the generator serves as `version` (stored at `model_uri`) on the eval prompts of
+    `splits`; its per-prompt results are committed to `folder`."""
+    storage, e = ctx.storage, ctx.cfg.eval
+    prompts = storage.read_table(storage.eval_prompts())
+    prompts = prompts.filter(pc.is_in(prompts.column("split"), pa.array(list(splits))))
     if stage:
-        stage.update(len(completions), len(prompts))
-    result: dict[str, Any] = {
-        "model_version": version,
-        "held_out_prompts": len(prompts),
-        "generated_tokens": sum(len(c.token_ids) for c in completions) / max(1, len(completions)),
+        stage.update(0, prompts.num_rows)
+    completions = greedy_answers(
+        ctx.generator_app,
+        prompts.column("prompt_ids").to_pylist(),
+        e.max_new_tokens,
+        version,
+        ctx.cfg.generator.request_timeout_s,
+    )
+    answers = [c.text for c in completions]
+    reals = prompts.column("real").to_pylist()
+    correct = correctness(answers, reals, e.answer_pattern) if e.task != "none" else [None] * len(answers)
+    results = pa.table(
+        {
+            "prompt_id": prompts.column("prompt_id"),
+            "split": prompts.column("split"),
+            "answer": answers,
+            "answer_tokens": [len(c.token_ids) for c in completions],
+            "correct": correct,
+            "nll": real_answer_nll(ctx, model_uri, prompts),
+        },
+        schema=EVAL_RESULT_SCHEMA,
+    )
+    storage.write_table(folder, results, {"model": model_uri, "model_version": version})
+    if stage:
+        stage.update(prompts.num_rows)
+    scores: dict[str, Any] = {
+        split: split_scores(results.filter(pc.equal(results.column("split"), split)))
+        for split in splits
+        if pc.any(pc.equal(results.column("split"), split)).as_py()
     }
-    if e.task != "none":
-        result |= task_metric([c.text for c in completions], reals, e.answer_pattern)
-    return Evaluation.model_validate(result)
+    return Evaluation(model=model_uri, model_version=version, **scores)
 
 
 def run_baseline(ctx: IterationContext, stage: Stage) -> Evaluation:
-    """The SFT model's own held-out scores (iteration 0's starting model, served as version 0), which SPIN must
-    beat; its real answers' NLL comes from the reference log-probs the score stage stored."""
-    table = held_out_table(ctx)
-    logps, tokens = (
-        torch.tensor(table.column(c).to_pylist(), dtype=torch.float64) for c in ("ref_logp_real", "real_tokens")
-    )
-    return evaluate_served(ctx, ctx.k, stage).model_copy(update={"nll_real": float(response_nll(logps, tokens))})
+    """The SFT model (iteration 0's starting model, served as version 0), which SPIN must beat."""
+    from jobs.storage import SFT
+
+    return evaluate_model(ctx, ctx.model_uri, ctx.k, ctx.storage.baseline(SFT, "evaluation"), stage)
 
 
 def run_evaluate(ctx: IterationContext, stage: Stage) -> Evaluation:
     """The published model k+1, which the generator serves after the publish stage."""
-    return evaluate_served(ctx, ctx.k + 1, stage)
+    storage = ctx.storage
+    return evaluate_model(ctx, storage.uri_of(storage.model(ctx.k)), ctx.k + 1, storage.evaluation(ctx.k), stage)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -17,21 +19,21 @@ import ray.data
 from pydantic import BaseModel, ConfigDict
 
 from cluster.files import local_copy
-from jobs.chat import encode_prompt, encode_response
-from jobs.config import SamplingConfig
+from jobs.chat import encode_example
+from jobs.config import PairsConfig, SamplingConfig
 from jobs.hf import load_tokenizer
 from jobs.iteration.context import IterationContext
 from jobs.iteration.data import index_rows, keep_rows, read_sft, write_records
 from jobs.metrics import GenerateSummary
 from jobs.progress import Stage
-from jobs.records import GENERATION_SCHEMA
+from jobs.records import EVAL_PROMPT_SCHEMA, GENERATION_SCHEMA
+from jobs.spin.metrics import answer_match
 from jobs.spin.pairs import (
+    PromptSelection,
     completed_response,
-    response_budget,
+    pick_generated,
     sample_key,
     select_prompts,
-    truncate_prompt,
-    truncate_response,
 )
 from services.generator.client import generator_handle, generator_info
 from services.generator.schemas import GenerateRequest
@@ -40,7 +42,7 @@ CALLER_CPUS = 0.25  # the callers only tokenize and wait on the deployment
 
 
 class CallerSpec(BaseModel):
-    """What a GeneratorCaller needs: one frozen bundle across the actor boundary."""
+    """What a GeneratorCaller (or a PromptEncoder) needs: one frozen bundle across the actor boundary."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -49,33 +51,80 @@ class CallerSpec(BaseModel):
     iteration: int
     model_version: int
     sampling: SamplingConfig
+    pairs: PairsConfig = PairsConfig()
+    answer_pattern: str | None = None  # the task metric's, for pairs.rule "incorrect"
     max_prompt_length: int
     max_length: int
     timeout_s: float
 
 
-class GeneratorCaller:
-    """A Ray Data actor: tokenizes a batch of prompts with the chat template and asks the generator."""
+@dataclass(frozen=True)
+class Encoded:
+    prompts: list[list[int]]  # rendered with the chat template, cut to max_prompt_length keeping the end
+    budgets: list[int]  # tokens a response may take
+    real_ids: list[list[int]]
+    real_cut: list[bool]
+
+
+class PromptEncoder:
+    """A Ray Data actor: SFT rows (with their split) → evaluation prompt records, tokenized as the caller does."""
 
     def __init__(self, spec: CallerSpec):
         self.spec = spec
         self.tokenizer = load_tokenizer(local_copy(spec.tokenizer_path))
+
+    def encode(self, batch: pa.Table) -> Encoded:
+        spec = self.spec
+        examples = [
+            encode_example(
+                self.tokenizer, json.loads(m), r, spec.max_prompt_length, spec.max_length, spec.sampling.max_new_tokens
+            )
+            for m, r in zip(batch.column("messages").to_pylist(), batch.column("real").to_pylist(), strict=True)
+        ]
+        if not examples:
+            return Encoded([], [], [], [])
+        prompts, reals, budgets, cuts = (list(column) for column in zip(*examples, strict=True))
+        return Encoded(prompts, budgets, reals, cuts)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        e = self.encode(batch)
+        return pa.table(
+            {
+                "prompt_id": batch.column("prompt_id"),
+                "split": batch.column("split"),
+                "prompt": [self.tokenizer.decode(p) for p in e.prompts],
+                "real": batch.column("real"),
+                "prompt_ids": e.prompts,
+                "real_ids": e.real_ids,
+                "real_tokens": [len(r) for r in e.real_ids],
+            },
+            schema=EVAL_PROMPT_SCHEMA,
+        )
+
+
+class GeneratorCaller(PromptEncoder):
+    """A Ray Data actor: tokenizes a batch of prompts with the chat template, asks the generator for k samples of
+    each, and picks each pair's generated side by the pair rule."""
+
+    def __init__(self, spec: CallerSpec):
+        super().__init__(spec)
         self.handle = generator_handle(spec.app_name)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         spec, tok = self.spec, self.tokenizer
-        pids = batch.column("prompt_id").to_pylist()
-        messages = [json.loads(m) for m in batch.column("messages").to_pylist()]
-        reals = batch.column("real").to_pylist()
-        prompts = [truncate_prompt(encode_prompt(tok, m), spec.max_prompt_length) for m in messages]
-        budgets = [response_budget(len(p), spec.max_length, spec.sampling.max_new_tokens) for p in prompts]
-        real_ids, real_cut = zip(
-            *(truncate_response(encode_response(tok, r), b) for r, b in zip(reals, budgets, strict=True)),
-            strict=True,
-        )
-        completions = self._generate(pids, prompts, budgets)
+        pids, reals = batch.column("prompt_id").to_pylist(), batch.column("real").to_pylist()
+        e = self.encode(batch)
+        k = spec.pairs.samples_per_prompt
+        completions = self._generate(pids, e.prompts, e.budgets)
+        samples = [completions[i * k : (i + 1) * k] for i in range(len(pids))]
+        picks = [
+            self._pick(real, real_text, group)
+            for real, real_text, group in zip(e.real_ids, reals, samples, strict=True)
+        ]
+        chosen = [group[p] if p >= 0 else None for group, p in zip(samples, picks, strict=True)]
         generated_ids = [
-            completed_response(c.token_ids, c.finish_reason == "stop", tok.eos_token_id) for c in completions
+            real if c is None else completed_response(c.token_ids, c.finish_reason == "stop", tok.eos_token_id)
+            for real, c in zip(e.real_ids, chosen, strict=True)
         ]
         n = len(pids)
         return pa.table(
@@ -84,20 +133,35 @@ class GeneratorCaller:
                 "split": batch.column("split"),
                 "iteration": [spec.iteration] * n,
                 "model_version": [spec.model_version] * n,
-                "prompt": [tok.decode(p) for p in prompts],  # the rendered template, as truncated
+                "prompt": [tok.decode(p) for p in e.prompts],  # the rendered template, as truncated
                 "real": reals,
-                "generated": [c.text for c in completions],
-                "prompt_ids": prompts,
-                "real_ids": list(real_ids),
+                "generated": [r if c is None else c.text for r, c in zip(reals, chosen, strict=True)],
+                "prompt_ids": e.prompts,
+                "real_ids": e.real_ids,
                 "generated_ids": generated_ids,
-                "prompt_tokens": [len(p) for p in prompts],
-                "real_tokens": [len(r) for r in real_ids],
+                "prompt_tokens": [len(p) for p in e.prompts],
+                "real_tokens": [len(r) for r in e.real_ids],
                 "generated_tokens": [len(g) for g in generated_ids],
-                "real_truncated": list(real_cut),
-                "finish_reason": [c.finish_reason for c in completions],
+                "real_truncated": e.real_cut,
+                "finish_reason": ["replay" if c is None else c.finish_reason for c in chosen],
+                "samples": [k] * n,
+                "sampled_tokens": [sum(len(c.token_ids) for c in group) for group in samples],
+                "pick": picks,
+                "kept": [p >= 0 or spec.pairs.no_negative == "replay" for p in picks],
             },
             schema=GENERATION_SCHEMA,
         )
+
+    def _pick(self, real_ids: list[int], real_text: str, group: list[Any]) -> int:
+        """The qualifying sample's index, or -1 (the real answer then stands on both sides, or the pair is dropped)."""
+        eos = self.tokenizer.eos_token_id
+        tokens = [completed_response(c.token_ids, c.finish_reason == "stop", eos) for c in group]
+        correct = None
+        if self.spec.pairs.rule == "incorrect":
+            assert self.spec.answer_pattern is not None  # the config validator guarantees it
+            correct = [answer_match([c.text], [real_text], self.spec.answer_pattern)[0] == 1.0 for c in group]
+        picked = pick_generated(real_ids, tokens, self.spec.pairs.rule, correct)
+        return -1 if picked is None else picked
 
     def _generate(self, pids: list[str], prompts: list[list[int]], budgets: list[int]) -> list[Any]:
         spec, s = self.spec, self.spec.sampling
@@ -106,6 +170,7 @@ class GeneratorCaller:
             max_tokens=budgets,
             temperature=s.temperature,
             top_p=s.top_p,
+            n=spec.pairs.samples_per_prompt,
             # One seed per (iteration, prompt): the same answer however prompts are batched or retried.
             seeds=[sample_key(s.seed, "generate", spec.iteration, pid) % 2**31 for pid in pids],
         )
@@ -135,34 +200,43 @@ def generation_dataset(
 
 
 def run_generate(ctx: IterationContext, stage: Stage) -> GenerateSummary:
-    """Sample the iteration's prompts and write one generation record per prompt (the generator must be serving
-    model k)."""
+    """Sample the iteration's training and validation prompts and write one generation record per prompt (the
+    generator must be serving model k); the first iteration also records the run's evaluation prompts."""
     cfg, storage, path = ctx.cfg, ctx.storage, ctx.storage.generations(ctx.k)
     if storage.is_complete(path):
         stage.already_done()
         return GenerateSummary.model_validate(storage.marker(path))
     rows = read_sft(cfg.data)
     usable, bad = index_rows(rows, cfg.data.bad_rows)
+    d = cfg.data
     selection = select_prompts(
-        usable, count=ctx.iteration.prompts, held_out=cfg.data.held_out_prompts, seed=cfg.data.seed, iteration=ctx.k
+        usable,
+        count=ctx.iteration.prompts,
+        validation=d.validation_prompts,
+        test=d.test_prompts,
+        seed=d.seed,
+        iteration=ctx.k,
     )
     if not selection.train:
-        raise ValueError(f"no usable SFT rows in {cfg.data.path or cfg.data.source} ({len(bad)} unusable)")
-    split = {(r.source, r.row): "train" for r in selection.train}
-    split |= {(r.source, r.row): "held_out" for r in selection.held_out}
+        raise ValueError(f"no usable SFT rows in {d.path or d.source} ({len(bad)} unusable)")
     spec = CallerSpec(
         tokenizer_path=ctx.model_uri,
         app_name=ctx.generator_app,
         iteration=ctx.k,
         model_version=ctx.k,
         sampling=cfg.sampling,
+        pairs=cfg.pairs,
+        answer_pattern=cfg.eval.answer_pattern if cfg.eval.task != "none" else None,
         max_prompt_length=ctx.train.max_prompt_length,
         max_length=ctx.train.max_length,
         timeout_s=cfg.generator.request_timeout_s,
     )
-    generations = generation_dataset(
-        keep_rows(rows, split), spec, cfg.generator.prompts_per_request, cfg.generator.callers
-    )
+    if not storage.is_complete(storage.eval_prompts()) and (selection.validation or selection.test):
+        _write_eval_prompts(ctx, rows, selection, spec)
+    split = {(r.source, r.row): "train" for r in selection.train}
+    split |= {(r.source, r.row): "validation" for r in selection.validation}
+    g = cfg.generator
+    generations = generation_dataset(keep_rows(rows, split), spec, g.prompts_per_request, g.callers)
     generator = generator_info(ctx.generator_app)
     meta: dict[str, Any] = {
         "prompts": len(selection.train),
@@ -170,12 +244,30 @@ def run_generate(ctx: IterationContext, stage: Stage) -> GenerateSummary:
         "duplicate_rows": selection.duplicate_rows,
         "bad_rows": len(bad),
         "bad_row_examples": bad[:10],
-        "held_out_prompts": len(selection.held_out),
+        "validation_prompts": len(selection.validation),
+        "test_prompts": len(selection.test),
         "generator": generator.model_dump() if generator else None,
     }
-    expected = len(selection.train) + len(selection.held_out)
-    _write_generations(ctx, stage, generations, meta, expected)
+    _write_generations(ctx, stage, generations, meta, len(selection.train) + len(selection.validation))
     return GenerateSummary.model_validate(storage.marker(path))
+
+
+def _write_eval_prompts(
+    ctx: IterationContext, rows: ray.data.Dataset, selection: PromptSelection, spec: CallerSpec
+) -> None:
+    """The validation and test prompts, tokenized as training's are: the same for every model the run evaluates."""
+    split = {(r.source, r.row): "validation" for r in selection.validation}
+    split |= {(r.source, r.row): "test" for r in selection.test}
+    encoded = keep_rows(rows, split).map_batches(
+        PromptEncoder,
+        fn_constructor_kwargs={"spec": spec},
+        batch_size=1024,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=CALLER_CPUS,
+    )
+    expected = len(selection.validation) + len(selection.test)
+    write_records(encoded, ctx.storage, ctx.storage.eval_prompts(), EVAL_PROMPT_SCHEMA, expected=expected)
 
 
 def _write_generations(
@@ -184,13 +276,28 @@ def _write_generations(
     """Stream the records into storage, following tokens per second; the marker carries `meta`, written last."""
     storage, path = ctx.storage, ctx.storage.generations(ctx.k)
     stage.update(0, expected)
-    started, generated_tokens = time.perf_counter(), 0
+    started, counts = time.perf_counter(), Counter[str]()
 
     def on_batch(rows: int, batch: pa.Table) -> None:
-        nonlocal generated_tokens
-        generated_tokens += pc.sum(batch["generated_tokens"]).as_py()
-        tokens_per_s = round(generated_tokens / (time.perf_counter() - started), 1)
-        meta.update(generated_tokens=generated_tokens, tokens_per_s=tokens_per_s)
+        counts.update(_pair_counts(batch))
+        tokens_per_s = round(counts["sampled_tokens"] / (time.perf_counter() - started), 1)
+        meta.update(dict(counts), tokens_per_s=tokens_per_s)
         stage.update(rows, tokens_per_s=tokens_per_s)
 
     write_records(generations, storage, path, GENERATION_SCHEMA, meta=meta, on_batch=on_batch, expected=expected)
+
+
+def _pair_counts(batch: pa.Table) -> dict[str, int]:
+    """What a batch of generation records adds to the stage's counts."""
+    train = batch.filter(pc.equal(batch.column("split"), "train"))
+    identical = [
+        r == g
+        for r, g in zip(train.column("real_ids").to_pylist(), train.column("generated_ids").to_pylist(), strict=True)
+    ]
+    return {
+        "sampled_tokens": pc.sum(batch["sampled_tokens"]).as_py() or 0,
+        "generated_tokens": pc.sum(batch["generated_tokens"]).as_py() or 0,
+        "identical_pairs": sum(identical),
+        "without_negative": pc.sum(pc.equal(train.column("pick"), -1)).as_py() or 0,
+        "skipped_prompts": pc.sum(pc.invert(train.column("kept"))).as_py() or 0,
+    }

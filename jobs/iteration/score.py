@@ -17,11 +17,11 @@ from pydantic import BaseModel, ConfigDict
 from cluster.files import local_copy
 from jobs.hf import load_causal_lm
 from jobs.iteration.context import IterationContext
-from jobs.iteration.data import read_records, write_records
+from jobs.iteration.data import read_pairs, read_records, write_records
 from jobs.iteration.train_step import pair_batch, policy_logps
 from jobs.metrics import ScoreSummary
 from jobs.progress import Stage
-from jobs.records import PAIR_SCHEMA
+from jobs.records import PAIR_SCHEMA, REFERENCE_COLUMNS
 
 
 class ScorerSpec(BaseModel):
@@ -34,6 +34,7 @@ class ScorerSpec(BaseModel):
     pad_id: int
     micro_batch_size: int
     use_gpu: bool
+    mask_after_divergence: bool = False
 
 
 class ReferenceScorer:
@@ -50,7 +51,13 @@ class ReferenceScorer:
         ref_generated: list[float] = []
         step = self.spec.micro_batch_size
         for i in range(0, batch.num_rows, step):
-            pairs = pair_batch(batch.slice(i, step), self.spec.pad_id, self.device, with_reference=False)
+            pairs = pair_batch(
+                batch.slice(i, step),
+                self.spec.pad_id,
+                self.device,
+                with_reference=False,
+                mask_after_divergence=self.spec.mask_after_divergence,
+            )
             real, generated, _ = policy_logps(self.model, pairs)
             ref_real += real.double().tolist()
             ref_generated += generated.double().tolist()
@@ -59,13 +66,28 @@ class ReferenceScorer:
 
 
 def run_score(ctx: IterationContext, stage: Stage) -> ScoreSummary:
-    """Add the reference log-probs to every generation record, giving the iteration's pair records."""
-    storage, path, source = ctx.storage, ctx.storage.pairs(ctx.k), ctx.storage.generations(ctx.k)
-    if storage.is_complete(path):
+    """Add model k's log-probs to every generation record of iteration k (its pairs), and, when iteration k also
+    trains on iteration k−1's pairs, to those (carried): model k is the reference of every pair it trains on."""
+    storage, k, path = ctx.storage, ctx.k, ctx.storage.pairs(ctx.k)
+    carrying = ctx.iteration.mix_previous and k > 0
+    if storage.is_complete(path) and (not carrying or storage.is_complete(storage.carried(k))):
         stage.already_done()
         return ScoreSummary.model_validate(storage.marker(path))
-    total = storage.marker(source)["rows"]
-    stage.update(0, total)
+    fresh = storage.marker(storage.generations(k))["rows"]
+    carried = read_pairs(storage, [k - 1], "train").drop_columns(list(REFERENCE_COLUMNS)) if carrying else None
+    carried_rows = carried.count() if carried is not None else 0
+    stage.update(0, fresh + carried_rows)
+    meta = {"dtype": ctx.compute_dtype, "carried": carried_rows}
+    if not storage.is_complete(path):
+        _score(ctx, read_records(storage, [storage.generations(k)]), path, fresh, stage, 0, meta)
+    if carried is not None and not storage.is_complete(storage.carried(k)):
+        _score(ctx, carried, storage.carried(k), carried_rows, stage, fresh, meta)
+    return ScoreSummary.model_validate(storage.marker(path))
+
+
+def _score(
+    ctx: IterationContext, records: Any, path: str, total: int, stage: Stage, done: int, meta: dict[str, Any]
+) -> None:
     t = ctx.train
     spec = ScorerSpec(
         model_path=ctx.model_uri,
@@ -73,9 +95,10 @@ def run_score(ctx: IterationContext, stage: Stage) -> ScoreSummary:
         pad_id=ctx.pad_id,
         micro_batch_size=t.micro_batch_size,
         use_gpu=t.use_gpu,
+        mask_after_divergence=t.mask_after_divergence,
     )
     resources: dict[str, Any] = {"num_gpus": 1} if t.use_gpu else {"num_cpus": 1.0}
-    pairs = read_records(storage, [source]).map_batches(
+    pairs = records.map_batches(
         ReferenceScorer,
         fn_constructor_kwargs={"spec": spec},
         batch_size=max(64, t.micro_batch_size),
@@ -83,8 +106,5 @@ def run_score(ctx: IterationContext, stage: Stage) -> ScoreSummary:
         compute=ray.data.ActorPoolStrategy(size=1),
         **resources,
     )
-    meta = {"dtype": ctx.compute_dtype}
-    write_records(
-        pairs, storage, path, PAIR_SCHEMA, meta=meta, on_batch=lambda rows, _: stage.update(rows), expected=total
-    )
-    return ScoreSummary.model_validate(storage.marker(path))
+    progress = lambda rows, _: stage.update(done + rows)  # noqa: E731
+    write_records(pairs, ctx.storage, path, PAIR_SCHEMA, meta=meta, on_batch=progress, expected=total)

@@ -31,7 +31,9 @@ def _without_identical(batch: pa.Table) -> pa.Table:
 
 def training_pairs(ctx: IterationContext) -> ray.data.Dataset:
     """Training pairs of this iteration and, when mixing, of the previous one, shuffled with a fixed seed."""
-    ds = read_pairs(ctx.storage, training_iterations(ctx.k, ctx.iteration.mix_previous), "train")
+    ds = read_pairs(ctx.storage, [ctx.k], "train")
+    if ctx.iteration.mix_previous and ctx.k > 0:  # the previous iteration's pairs, rescored by this iteration's model
+        ds = ds.union(read_pairs(ctx.storage, [ctx.k], "train", folder="carried"))
     if ctx.train.drop_identical_pairs:
         ds = ds.map_batches(_without_identical, batch_format="pyarrow", batch_size=None, num_cpus=READ_CPUS)
     return ds.random_shuffle(seed=ctx.train.seed + ctx.k).materialize()
@@ -86,7 +88,7 @@ def _trainer(ctx: IterationContext, spec: TrainSpec, datasets: dict[str, ray.dat
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
         datasets=datasets,
-        # Each worker streams its own share of the training pairs, but evaluates on every held-out pair.
+        # Each worker streams its own share of the training pairs, but evaluates on every validation pair.
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
 
@@ -94,8 +96,8 @@ def _trainer(ctx: IterationContext, spec: TrainSpec, datasets: dict[str, ray.dat
 def run_train(ctx: IterationContext, stage: Stage) -> TrainSummary:
     pairs = training_pairs(ctx)
     datasets = {"train": pairs}
-    if ctx.cfg.data.held_out_prompts:
-        datasets["held_out"] = read_pairs(ctx.storage, [ctx.k], "held_out").materialize()
+    if ctx.cfg.data.validation_prompts:
+        datasets["validation"] = read_pairs(ctx.storage, [ctx.k], "validation").materialize()
     spec = TrainSpec(
         model_uri=ctx.model_uri,
         storage_uri=ctx.storage.uri,
@@ -105,7 +107,7 @@ def run_train(ctx: IterationContext, stage: Stage) -> TrainSummary:
         save_dtype=ctx.cfg.model.dtype,
         num_pairs=pairs.count(),
         pad_id=ctx.pad_id,
-        held_out="held_out" in datasets,
+        validation="validation" in datasets,
     )
     with relayed(stage) as events:
         result = _trainer(ctx, spec, datasets, events).fit()

@@ -1,7 +1,9 @@
-"""Evaluation inside training: SPIN's diagnostics of the policy against the iteration's reference on the
-held-out pairs, and its greedy answers for the task metric. Runs on every Train worker, under FSDP.
+"""Evaluation inside training, on the validation split only (the test split never reaches training): SPIN's
+diagnostics of the policy against the iteration's reference on the validation pairs, and its greedy answers for
+the task metric. Runs on every Train worker, under FSDP. What it measures chooses the published checkpoint and
+drives the guard.
 
-The held-out loss and margins are the plain SPIN loss's (`spin_loss`), whatever safeguards the training
+The validation loss and margins are the plain SPIN loss's (`spin_loss`), whatever safeguards the training
 objective adds, so evaluations stay comparable across settings.
 """
 
@@ -23,9 +25,9 @@ from jobs.spin.metrics import answer_match, metrics_from_sums, pair_metric_sums,
 
 
 @torch.no_grad()
-def held_out_diagnostics(model: Any, batches: Sequence[PairBatch], train: TrainConfig) -> dict[str, float]:
-    """SPIN metrics of `model` on held-out pairs whose reference log-probs are stored, plus the real
-    responses' per-token NLL (`nll/real`)."""
+def validation_diagnostics(model: Any, batches: Sequence[PairBatch], train: TrainConfig) -> dict[str, float]:
+    """SPIN metrics of `model` on pairs whose reference log-probs are stored, plus the real responses' per-token
+    NLL (`nll/real`)."""
     was_training = model.training
     model.eval()
     sums: torch.Tensor | None = None
@@ -42,7 +44,7 @@ def held_out_diagnostics(model: Any, batches: Sequence[PairBatch], train: TrainC
         tokens_real.append(tokens[: batch.num_pairs])
     model.train(was_training)
     if sums is None:
-        raise ValueError("no held-out pairs to evaluate on")
+        raise ValueError("no validation pairs to evaluate on")
     return metrics_from_sums(sums) | {"nll/real": float(response_nll(torch.cat(logps_real), torch.cat(tokens_real)))}
 
 
@@ -88,13 +90,24 @@ def greedy_tokens(
 
 
 def task_metric(answers: Sequence[str], reals: Sequence[str], pattern: str) -> dict[str, float]:
-    """Exact match of the final answers and how many prompts it was measured on."""
+    """Exact match of the final answers and how many prompts it was measured on; a pattern that finds no answer
+    in any real answer is an error, never a score."""
     score, counted = answer_match(list(answers), list(reals), pattern)
+    if counted == 0:
+        raise ValueError(no_answer_found(pattern, reals))
     return {"task_metric": score, "task_prompts": counted}
 
 
-class HeldOutEvaluator:
-    """The held-out pairs, loaded once; every rank evaluates all of them so FSDP's collectives line up."""
+def no_answer_found(pattern: str, reals: Sequence[str]) -> str:
+    sample = reals[0][:200] if reals else "(no answers at all)"
+    return (
+        f"eval.answer_pattern {pattern!r} finds no answer in any of the {len(reals)} real answers, so the task metric "
+        f"cannot be computed; a real answer reads: {sample!r}"
+    )
+
+
+class ValidationEvaluator:
+    """The validation pairs, loaded once; every rank evaluates all of them so FSDP's collectives line up."""
 
     def __init__(
         self, rows: pa.Table, train: TrainConfig, evaluation: EvalConfig, source_dir: str, pad_id: int, device: Any
@@ -102,13 +115,16 @@ class HeldOutEvaluator:
         self.train, self.evaluation = train, evaluation
         self.tokenizer, self.pad_id = load_tokenizer(source_dir), pad_id
         step = train.micro_batch_size
-        self.batches = [pair_batch(rows.slice(i, step), pad_id, device) for i in range(0, rows.num_rows, step)]
+        self.batches = [
+            pair_batch(rows.slice(i, step), pad_id, device, mask_after_divergence=train.mask_after_divergence)
+            for i in range(0, rows.num_rows, step)
+        ]
         n = min(evaluation.prompts_during_training, rows.num_rows)
         self.prompts = rows.column("prompt_ids").to_pylist()[:n]
         self.reals = rows.column("real").to_pylist()[:n]
 
     def __call__(self, model: Any) -> dict[str, float]:
-        metrics = held_out_diagnostics(model, self.batches, self.train)
+        metrics = validation_diagnostics(model, self.batches, self.train)
         if self.evaluation.task != "none":
             eos = self.tokenizer.eos_token_id
             answers = greedy_tokens(model, self.prompts, self.evaluation.max_new_tokens, self.pad_id, eos)

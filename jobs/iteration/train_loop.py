@@ -6,7 +6,7 @@ stored reference log-probs. Metrics are reduced over all ranks. Every `checkpoin
 sharded model and optimizer go to a resumable checkpoint (torch.distributed.checkpoint); a restarted
 worker group (FailureConfig) resumes from it and skips the micro-batches already consumed.
 
-With held-out pairs, the policy is evaluated at step 0, every `eval.every_steps` and at the end; the best
+With validation pairs, the policy is evaluated at step 0, every `eval.every_steps` and at the end; the best
 evaluation's weights are kept, the guard may lower the lr or end the iteration, and the best (not the
 last) model is what gets published as a Hugging Face checkpoint.
 """
@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict
 from cluster.files import local_copy
 from jobs.config import EvalConfig, TrainConfig
 from jobs.hf import load_causal_lm, save_hf_checkpoint
-from jobs.iteration.train_eval import HeldOutEvaluator
+from jobs.iteration.train_eval import ValidationEvaluator
 from jobs.iteration.train_step import make_optimizer, pair_batch, spin_forward
 from jobs.spin.guard import GainGuard
 from jobs.spin.metrics import metrics_from_sums
@@ -55,7 +55,7 @@ class TrainSpec(BaseModel):
     save_dtype: str
     num_pairs: int
     pad_id: int
-    held_out: bool
+    validation: bool  # whether the worker group has validation pairs to evaluate and choose on
 
 
 @dataclass
@@ -92,7 +92,7 @@ class Worker:
     source_dir: str
     device: torch.device
     rank: int
-    evaluator: HeldOutEvaluator | None
+    evaluator: ValidationEvaluator | None
     progress: Any
 
 
@@ -121,13 +121,15 @@ def _start(spec: TrainSpec, progress: Any) -> Worker:
     _shard_model(model, device, context.get_world_size(), bf16=t.precision == "bf16")
     model.train()
     optimizer = make_optimizer(model.parameters(), t)
-    plan = StepPlan(spec.num_pairs, context.get_world_size(), t.micro_batch_size, t.accumulation_steps, t.epochs)
+    plan = StepPlan(
+        spec.num_pairs, context.get_world_size(), t.micro_batch_size, t.accumulation_steps, t.epochs, t.max_steps
+    )
     state = TrainerState(guard=GainGuard(t.guard.action, t.guard.patience, t.guard.threshold, t.guard.lr_factor))
     evaluator = None
-    if spec.held_out:
-        shard = ray.train.get_dataset_shard("held_out")
+    if spec.validation:
+        shard = ray.train.get_dataset_shard("validation")
         rows = pa.concat_tables(list(shard.iter_batches(batch_size=None, batch_format="pyarrow")))
-        evaluator = HeldOutEvaluator(rows, t, spec.eval, source_dir, spec.pad_id, device)
+        evaluator = ValidationEvaluator(rows, t, spec.eval, source_dir, spec.pad_id, device)
     rank = context.get_world_rank()
     w = Worker(spec, model, optimizer, None, plan, state, source_dir, device, rank, evaluator, progress)
     base = lr_multiplier(plan.total_steps, warmup_steps(plan.total_steps, t.warmup_ratio), t.lr_scheduler)
@@ -212,14 +214,18 @@ def _optimizer_step(w: Worker, epoch: int, sums: torch.Tensor, tokens: int, seco
     w.optimizer.step()
     w.scheduler.step()
     w.optimizer.zero_grad(set_to_none=True)
-    reduced = torch.cat([sums, torch.tensor([float(tokens)], dtype=torch.float64, device=sums.device)])
+    reduced = torch.cat([sums.flatten(), torch.tensor([float(tokens)], dtype=torch.float64, device=sums.device)])
     dist.all_reduce(reduced)
+    every, fresh, carried = reduced[:-1].view(sums.shape)
     w.state.step += 1
     metrics = {
         "step": w.state.step,
         "epoch": epoch,
         "learning_rate": lr,
-        **metrics_from_sums(reduced[:-1]),
+        **metrics_from_sums(every),
+        # The pairs of this iteration and those carried from the last one, apart: the carried ones are off-policy.
+        "fresh": metrics_from_sums(fresh) if fresh[-1] > 0 else None,
+        "carried": metrics_from_sums(carried) if carried[-1] > 0 else None,
         "tokens_per_s": float(reduced[-1]) / seconds,
         "grad_norm": None if grad_norm is None else float(_full(grad_norm)),
     }
@@ -249,12 +255,13 @@ def _run_epoch(w: Worker, epoch: int) -> None:
     sums, tokens, started = None, 0, time.perf_counter()
     batches = shard.iter_batches(batch_size=t.micro_batch_size, batch_format="pyarrow", prefetch_batches=1)
     for i, records in enumerate(batches):
-        if w.state.stopped_early_at is not None:
+        if w.state.stopped_early_at is not None or w.state.step == w.plan.total_steps:
             break
         if w.plan.step_of(epoch, i) < w.state.step:
             continue  # consumed before a restart
-        batch = pair_batch(records, w.spec.pad_id, w.device)
-        loss, batch_sums = spin_forward(w.model, batch, t, loss_scale=1.0 / w.plan.pairs_in_step(i))
+        batch = pair_batch(records, w.spec.pad_id, w.device, mask_after_divergence=t.mask_after_divergence)
+        carried = torch.tensor(records.column("iteration").to_pylist()) < w.spec.iteration
+        loss, batch_sums = spin_forward(w.model, batch, t, 1.0 / w.plan.pairs_in_step(i), carried)
         loss.backward()
         sums = batch_sums if sums is None else sums + batch_sums
         tokens += int(batch.attention_mask.sum())
@@ -284,7 +291,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _resume(w)
     if w.evaluator and not w.state.evals:
         _evaluate(w)
-    for epoch in range(w.spec.train.epochs):
+    for epoch in range(w.plan.epochs_to_run):
         if w.state.stopped_early_at is None and w.state.step < (epoch + 1) * w.plan.steps_per_epoch:
             _run_epoch(w, epoch)  # epochs finished before a restart, or after the guard stopped, are skipped
     if w.state.stopped_early_at is None and w.state.step != w.plan.total_steps:

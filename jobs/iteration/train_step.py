@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
 import torch
 
 from jobs.config import TrainConfig
-from jobs.spin.collate import PairBatch, collate_pairs
+from jobs.spin.collate import PairBatch, collate_pairs, pad_sequences
 from jobs.spin.logprobs import sequence_logps
 from jobs.spin.loss import spin_objective
 from jobs.spin.metrics import pair_metric_sums
+from jobs.spin.pairs import scored_generated_length
 
 
-def pair_batch(records: pa.Table, pad_id: int, device: torch.device, with_reference: bool = True) -> PairBatch:
-    """Pair records (jobs/records.py) collated for one forward pass, on `device`."""
+def pair_batch(
+    records: pa.Table,
+    pad_id: int,
+    device: torch.device,
+    *,
+    with_reference: bool = True,
+    mask_after_divergence: bool = False,
+) -> PairBatch:
+    """Pair records (jobs/records.py) collated for one forward pass, on `device`. With `mask_after_divergence`
+    a generated answer counts only up to its first token that differs from the real one (scoring and training
+    must agree on it, so both read it from the iteration's train config)."""
+    real, generated = records.column("real_ids").to_pylist(), records.column("generated_ids").to_pylist()
+    scored = (
+        [scored_generated_length(r, g) for r, g in zip(real, generated, strict=True)] if mask_after_divergence else None
+    )
     reference = (
         {
             "ref_logps_real": records.column("ref_logp_real").to_pylist(),
@@ -26,11 +40,7 @@ def pair_batch(records: pa.Table, pad_id: int, device: torch.device, with_refere
         else {}
     )
     return collate_pairs(
-        records.column("prompt_ids").to_pylist(),
-        records.column("real_ids").to_pylist(),
-        records.column("generated_ids").to_pylist(),
-        pad_id=pad_id,
-        **reference,
+        records.column("prompt_ids").to_pylist(), real, generated, pad_id=pad_id, scored_generated=scored, **reference
     ).to(device)
 
 
@@ -50,10 +60,23 @@ def policy_logps(model: Any, batch: PairBatch) -> tuple[torch.Tensor, torch.Tens
     return logps[:b], logps[b:], tokens
 
 
-def spin_forward(
-    model: Any, batch: PairBatch, train: TrainConfig, loss_scale: float
+def response_logps(
+    model: Any, batch: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, device: torch.device | str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss to back-propagate (sum of per-pair losses × loss_scale) and the batch's metric sums."""
+    """Summed log-probs of each (prompt, response)'s response given its prompt, and its response tokens, each (B,):
+    the SFT loss's forward pass, and how every evaluated model's likelihood of the real answers is measured."""
+    ids, attention, positions, loss_mask = (
+        t.to(device) for t in pad_sequences([p for p, _ in batch], [r for _, r in batch], pad_id)
+    )
+    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False).logits
+    return sequence_logps(logits, ids, loss_mask)
+
+
+def spin_forward(
+    model: Any, batch: PairBatch, train: TrainConfig, loss_scale: float, carried: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss to back-propagate (sum of per-pair losses × loss_scale) and the batch's metric sums: a (3, M + 1) tensor
+    whose rows are all pairs, this iteration's (fresh) and the previous iteration's (`carried`, a (B,) mask)."""
     if batch.ref_logps_real is None or batch.ref_logps_generated is None:
         raise ValueError("the batch has no reference log-probs; run the score stage first")
     real, generated, tokens = policy_logps(model, batch)
@@ -67,10 +90,13 @@ def spin_forward(
         tokens[b:],
         beta=train.beta,
         loss_type=train.loss_type,
+        dpop_lambda=train.dpop_lambda,
         length_normalize=train.length_normalize,
         real_nll_weight=train.real_nll_weight,
     )
-    return out.losses.sum() * loss_scale, pair_metric_sums(out, real, generated, train.beta)
+    old = torch.zeros(b, dtype=torch.bool, device=real.device) if carried is None else carried.to(real.device)
+    sums = [pair_metric_sums(out, real, generated, train.beta, select) for select in (None, ~old, old)]
+    return out.losses.sum() * loss_scale, torch.stack(sums)
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], train: TrainConfig) -> torch.optim.Optimizer:

@@ -66,14 +66,14 @@ def accuracies(record: RunRecord) -> bytes:
     train_ax.legend(fontsize=7)
     _per_model(record, "reward_accuracy", held_ax)
     held_ax.axhline(0.5, linestyle=":", color="grey", linewidth=1)
-    held_ax.set(title="held-out reward accuracy", ylim=(-0.05, 1.05))
+    held_ax.set(title="validation reward accuracy", ylim=(-0.05, 1.05))
     return _png(fig)
 
 
 def task_metric(record: RunRecord) -> bytes:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     _per_model(record, "task_metric", ax)
-    ax.set(title="held-out task metric (greedy answers)", ylabel="exact match")
+    ax.set(title="test task metric (greedy answers)", ylabel="exact match")
     ax.legend(fontsize=7)
     return _png(fig)
 

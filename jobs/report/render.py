@@ -10,13 +10,18 @@ from pathlib import Path
 from typing import Any
 
 from jobs.report import plots
-from jobs.report.results import SFT_ROW, RunRecord, report_rows
+from jobs.report.results import REPORTED_SPLIT, SFT_ROW, RunRecord, comparisons, report_rows
 
 
 def report_json(record: RunRecord) -> dict[str, Any]:
     return {
         "storage_uri": record.storage_uri,
+        "split": REPORTED_SPLIT,
         "rows": report_rows(record),
+        "comparisons": [c.as_json() for c in comparisons(record)],
+        "continued_sft_candidates": (
+            [c.model_dump() for c in record.continued_sft.candidates] if record.continued_sft else []
+        ),
         "stopped": record.stopped.model_dump() if record.stopped else None,
         "iterations": [
             {
@@ -45,9 +50,11 @@ def write_report(record: RunRecord, out_dir: str | Path) -> list[Path]:
 
 
 COLUMNS = [
+    ("test prompts", "prompts"),
     ("task metric", "task_metric"),
     ("real NLL", "nll/real"),
-    ("answer tokens", "generated_tokens"),
+    ("answer tokens", "answer_tokens"),
+    ("valid. metric", "validation_task_metric"),
     ("reward acc", "reward_accuracy"),
     ("reward margin", "reward_margin"),
     ("Δ logp real", "gain/real"),
@@ -76,3 +83,8 @@ def rich_table(rows: list[dict[str, Any]], title: str = "SPIN report") -> Any:
                 cells.append(f"{value:.3f}" + (f" ({delta:+.3f})" if shown_delta else ""))
         table.add_row(*cells)
     return table
+
+
+def verdict_lines(record: RunRecord) -> list[str]:
+    """The paired comparisons, one line each, as a person reads them."""
+    return [c.line() for c in comparisons(record)]

@@ -28,10 +28,11 @@ def stop_decision(stopping: StoppingConfig, iterations: list[IterationMetrics]) 
         diagnostics = m.evaluation.diagnostics if m.evaluation else None
         if m.evaluation is None or diagnostics is None:
             return StopDecision(False)  # the rule needs held-out diagnostics of every iteration
-        history.append(
-            IterationScores(diagnostics.rewards_accuracies, diagnostics.rewards_margins, m.evaluation.task_metric)
-        )
-    baseline = iterations[0].baseline.task_metric if iterations and iterations[0].baseline else None
+        # Like every choice, the rule reads the validation split (the test split is only reported).
+        task = m.evaluation.validation.task_metric if m.evaluation.validation else None
+        history.append(IterationScores(diagnostics.rewards_accuracies, diagnostics.rewards_margins, task))
+    first = iterations[0].baseline if iterations else None
+    baseline = first.validation.task_metric if first and first.validation else None
     rule = StoppingRule(stopping.accuracy_band, stopping.margin_tolerance, stopping.patience, stopping.min_iterations)
     return should_stop(history, rule, baseline)
 

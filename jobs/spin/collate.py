@@ -47,11 +47,13 @@ def pad_sequences(
     responses: Sequence[Sequence[int]],
     pad_id: int,
     padding_side: Literal["left", "right"] = "right",
+    scored: Sequence[int | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pad prompt+response rows to one length.
 
     Returns input_ids, attention_mask, position_ids and loss_mask, each (N, T). position_ids count real
-    tokens only, so a left-padded row sees the same positions as its right-padded twin.
+    tokens only, so a left-padded row sees the same positions as its right-padded twin. `scored[i]`, when given,
+    keeps only the first scored[i] response tokens of row i in the loss mask (None: all of them).
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -64,7 +66,9 @@ def pad_sequences(
         start = 0 if padding_side == "right" else width - len(row)
         input_ids[i, start : start + len(row)] = torch.tensor(row, dtype=torch.long)
         attention_mask[i, start : start + len(row)] = 1
-        loss_mask[i, start + len(prompt) : start + len(row)] = True
+        kept = None if scored is None else scored[i]
+        end = start + len(row) if kept is None else start + len(prompt) + kept
+        loss_mask[i, start + len(prompt) : end] = True
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     return input_ids, attention_mask, position_ids, loss_mask
 
@@ -78,8 +82,11 @@ def collate_pairs(
     ref_logps_real: Sequence[float] | torch.Tensor | None = None,
     ref_logps_generated: Sequence[float] | torch.Tensor | None = None,
     padding_side: Literal["left", "right"] = "right",
+    scored_generated: Sequence[int] | None = None,
 ) -> PairBatch:
-    """Concatenate B pairs into one (2B, T) batch, real rows first, so one forward pass scores both sides."""
+    """Concatenate B pairs into one (2B, T) batch, real rows first, so one forward pass scores both sides.
+
+    `scored_generated[i]`: only that many tokens of generated response i count (the rest are masked out)."""
     if not (len(prompt_ids) == len(real_ids) == len(generated_ids)):
         raise ValueError(
             f"pair columns differ in length: prompt {len(prompt_ids)}, real {len(real_ids)}, "
@@ -87,8 +94,9 @@ def collate_pairs(
         )
     if (ref_logps_real is None) != (ref_logps_generated is None):
         raise ValueError("give both reference log-prob columns or neither")
+    scored = None if scored_generated is None else [None] * len(real_ids) + list(scored_generated)
     input_ids, attention_mask, position_ids, loss_mask = pad_sequences(
-        list(prompt_ids) * 2, list(real_ids) + list(generated_ids), pad_id, padding_side
+        list(prompt_ids) * 2, list(real_ids) + list(generated_ids), pad_id, padding_side, scored
     )
 
     def as_tensor(values: Sequence[float] | torch.Tensor | None) -> torch.Tensor | None:

@@ -31,25 +31,49 @@ class SpinLossOutput:
     reward_generated: torch.Tensor
 
 
-def _sigmoid(scaled_margin: torch.Tensor, beta: float, margin: torch.Tensor) -> torch.Tensor:
+# Each loss sees the log-ratio gains r = log pθ − log pref of both sides, per pair, and the hyperparameters.
+LossFn = Callable[[torch.Tensor, torch.Tensor, float, float], torch.Tensor]
+
+
+def _sigmoid(real_gain: torch.Tensor, generated_gain: torch.Tensor, beta: float, lam: float) -> torch.Tensor:
     # The paper's logistic loss ℓ(t) = log(1 + e^{−t}) = −log σ(t); logsigmoid is the stable form.
-    return -F.logsigmoid(scaled_margin)
+    return -F.logsigmoid(beta * (real_gain - generated_gain))
 
 
-def _hinge(scaled_margin: torch.Tensor, beta: float, margin: torch.Tensor) -> torch.Tensor:
+def _hinge(real_gain: torch.Tensor, generated_gain: torch.Tensor, beta: float, lam: float) -> torch.Tensor:
     # ℓ(t) = max(0, 1 − t), the SLiC hinge that the official SPINTrainer carries.
-    return torch.relu(1.0 - scaled_margin)
+    return torch.relu(1.0 - beta * (real_gain - generated_gain))
 
 
-def _ipo(scaled_margin: torch.Tensor, beta: float, margin: torch.Tensor) -> torch.Tensor:
+def _ipo(real_gain: torch.Tensor, generated_gain: torch.Tensor, beta: float, lam: float) -> torch.Tensor:
     # IPO (Azar et al. 2023) regresses the margin onto 1/(2β) instead of pushing it to infinity.
-    return (margin - 1.0 / (2.0 * beta)) ** 2
+    return (real_gain - generated_gain - 1.0 / (2.0 * beta)) ** 2
 
 
-_LOSSES: dict[str, Callable[[torch.Tensor, float, torch.Tensor], torch.Tensor]] = {
+def _dpop(real_gain: torch.Tensor, generated_gain: torch.Tensor, beta: float, lam: float) -> torch.Tensor:
+    # DPO-Positive (Pal et al. 2024, "Smaug"): the penalty λ·max(0, −r_real) sits inside the sigmoid, so the loss
+    # rises as soon as the real answer falls below its reference likelihood, whatever the margin does.
+    return -F.logsigmoid(beta * (real_gain - generated_gain - lam * torch.relu(-real_gain)))
+
+
+def _sppo_hard(real_gain: torch.Tensor, generated_gain: torch.Tensor, beta: float, lam: float) -> torch.Tensor:
+    # SPPO with hard win probabilities (Wu et al. 2024), as TRL's `sppo_hard`: each side's log-ratio regressed onto
+    # ±1/(2β) on its own, so the real answer is pulled to +1/(2β) and can never be pushed down with the other.
+    return (real_gain - 0.5 / beta) ** 2 + (generated_gain + 0.5 / beta) ** 2
+
+
+def _bco_pair(real_gain: torch.Tensor, generated_gain: torch.Tensor, beta: float, lam: float) -> torch.Tensor:
+    # An absolute form, as TRL's `bco_pair`: each side against its own reference, not against the other side.
+    return -F.logsigmoid(beta * real_gain) - F.logsigmoid(-beta * generated_gain)
+
+
+_LOSSES: dict[str, LossFn] = {
     "sigmoid": _sigmoid,
     "hinge": _hinge,
     "ipo": _ipo,
+    "dpop": _dpop,
+    "sppo_hard": _sppo_hard,
+    "bco_pair": _bco_pair,
 }
 
 
@@ -61,13 +85,16 @@ def spin_loss(
     *,
     beta: float,
     loss_type: LossType = "sigmoid",
+    dpop_lambda: float = 50.0,
 ) -> SpinLossOutput:
     """SPIN loss per pair from summed response log-probs, each (B,).
 
-        margin = (log pθ(real) − log pref(real)) − (log pθ(gen) − log pref(gen))
-        sigmoid: −log σ(β · margin)      hinge: max(0, 1 − β · margin)      ipo: (margin − 1/(2β))²
+        r_real = log pθ(real) − log pref(real),  r_gen = log pθ(gen) − log pref(gen),  margin = r_real − r_gen
+        sigmoid:   −log σ(β · margin)                      hinge:   max(0, 1 − β · margin)
+        ipo:       (margin − 1/(2β))²                      dpop:    −log σ(β · (margin − λ · max(0, −r_real)))
+        sppo_hard: (r_real − 1/(2β))² + (r_gen + 1/(2β))²  bco_pair: −log σ(β r_real) − log σ(−β r_gen)
 
-    At pθ = pref the margin is 0 and the sigmoid loss is ln 2, whatever the log-probs.
+    At pθ = pref the margin is 0 and the sigmoid and dpop losses are ln 2, whatever the log-probs.
     """
     if loss_type not in _LOSSES:
         raise ValueError(f"loss_type must be one of {', '.join(LOSS_TYPES)}; got {loss_type!r}")
@@ -77,7 +104,7 @@ def spin_loss(
     generated_gain = policy_generated - ref_generated
     margin = real_gain - generated_gain
     return SpinLossOutput(
-        losses=_LOSSES[loss_type](beta * margin, beta, margin),
+        losses=_LOSSES[loss_type](real_gain, generated_gain, beta, dpop_lambda),
         margin=margin,
         reward_real=beta * real_gain.detach(),
         reward_generated=beta * generated_gain.detach(),
@@ -94,6 +121,7 @@ def spin_objective(
     *,
     beta: float,
     loss_type: LossType = "sigmoid",
+    dpop_lambda: float = 50.0,
     length_normalize: bool = False,
     real_nll_weight: float = 0.0,
 ) -> SpinLossOutput:
@@ -107,7 +135,9 @@ def spin_objective(
     if length_normalize:
         policy_real, ref_real = policy_real / real_tokens, ref_real / real_tokens
         policy_generated, ref_generated = policy_generated / generated_tokens, ref_generated / generated_tokens
-    out = spin_loss(policy_real, policy_generated, ref_real, ref_generated, beta=beta, loss_type=loss_type)
+    out = spin_loss(
+        policy_real, policy_generated, ref_real, ref_generated, beta=beta, loss_type=loss_type, dpop_lambda=dpop_lambda
+    )
     if real_nll_weight:
         per_token = policy_real if length_normalize else policy_real / real_tokens
         out = SpinLossOutput(

@@ -14,9 +14,14 @@ from jobs.spin.names import METRIC_NAMES
 
 
 def pair_metric_sums(
-    out: SpinLossOutput, policy_real: torch.Tensor, policy_generated: torch.Tensor, beta: float
+    out: SpinLossOutput,
+    policy_real: torch.Tensor,
+    policy_generated: torch.Tensor,
+    beta: float,
+    select: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sums over the pairs of a batch, in METRIC_NAMES order, followed by the pair count.
+    """Sums over the pairs of a batch (those where `select` is true, when given), in METRIC_NAMES order, followed
+    by the pair count.
 
     Returns a float64 vector of length len(METRIC_NAMES) + 1, ready for an all-reduce(SUM).
     """
@@ -32,8 +37,9 @@ def pair_metric_sums(
         out.reward_generated / beta,
         out.margin.detach(),
     )
-    sums = [c.to(torch.float64).sum() for c in columns]
-    sums.append(torch.tensor(float(out.losses.numel()), dtype=torch.float64, device=out.losses.device))
+    weight = torch.ones_like(out.margin, dtype=torch.float64) if select is None else select.to(torch.float64)
+    sums = [(c.to(torch.float64) * weight).sum() for c in columns]
+    sums.append(weight.sum())
     return torch.stack(sums)
 
 

@@ -19,8 +19,13 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-LossType = Literal["sigmoid", "hinge", "ipo"]
+LossType = Literal["sigmoid", "hinge", "ipo", "dpop", "sppo_hard", "bco_pair"]
 LOSS_TYPES: tuple[str, ...] = get_args(LossType)
+
+# Which of k samples becomes a pair's generated side: the first (the paper), the first that differs from the real
+# answer, or the first the task metric scores wrong; and what a prompt with no such sample becomes.
+PairRule = Literal["first", "differs", "incorrect"]
+NoNegative = Literal["replay", "skip"]
 
 METRIC_NAMES: tuple[str, ...] = (
     "loss",

@@ -14,7 +14,8 @@ class StepPlan:
 
     Ray Data's equal split gives each worker num_pairs // world_size rows (dropping at most world_size − 1),
     so every rank runs the same number of micro-batches, as FSDP's collectives require. An optimizer step
-    accumulates `accumulation_steps` micro-batches; the last step of an epoch may accumulate fewer.
+    accumulates `accumulation_steps` micro-batches; the last step of an epoch may accumulate fewer. With
+    `max_steps` the stage takes exactly that many steps, passing over the pairs as often as it needs to.
     """
 
     num_pairs: int
@@ -22,6 +23,7 @@ class StepPlan:
     micro_batch_size: int
     accumulation_steps: int
     epochs: int
+    max_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.rows_per_worker < 1:
@@ -41,7 +43,11 @@ class StepPlan:
 
     @property
     def total_steps(self) -> int:
-        return self.steps_per_epoch * self.epochs
+        return self.max_steps if self.max_steps is not None else self.steps_per_epoch * self.epochs
+
+    @property
+    def epochs_to_run(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
 
     def step_of(self, epoch: int, micro_index: int) -> int:
         """0-based optimizer step that micro-batch `micro_index` of `epoch` belongs to."""

@@ -105,11 +105,21 @@ class SpinGenerator:
         return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(self._args, model_path)))
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
+        """`n` completions per prompt, prompt by prompt: [p0 s0, p0 s1, ..., p1 s0, ...]."""
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         seeds: list[int | None] = [*request.seeds] if request.seeds else [None] * len(request.prompt_token_ids)
         params = [
-            SamplingParams(temperature=request.temperature, top_p=request.top_p, max_tokens=m, seed=s)
+            # FINAL_ONLY: one message per request, holding all n samples in order (sample i is seeded seed + i).
+            SamplingParams(
+                n=request.n,
+                temperature=request.temperature,
+                top_p=request.top_p,
+                max_tokens=m,
+                seed=s,
+                output_kind=RequestOutputKind.FINAL_ONLY,
+            )
             for m, s in zip(request.max_tokens, seeds, strict=True)
         ]
         async with self._serving() as version:
@@ -118,7 +128,8 @@ class SpinGenerator:
             )
         completions = [
             Completion(text=o.text, token_ids=list(o.token_ids), finish_reason=o.finish_reason or "abort")
-            for o in (out.outputs[0] for out in outputs)
+            for out in outputs
+            for o in sorted(out.outputs, key=lambda c: c.index)
         ]
         return GenerateResponse(completions=completions, model_version=version)
 

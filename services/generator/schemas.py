@@ -8,9 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Strict(BaseModel):
-    """The base of every typed settings object of the project: unknown fields are errors, values are frozen."""
+    """The base of every typed settings object of the project: unknown fields, values of another type (`true` for
+    a number, `"3"` for an integer) and non-finite numbers are errors at load, not later; values are frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class EngineSettings(Strict):
@@ -29,6 +30,9 @@ class EngineSettings(Strict):
 
 class GeneratorArgs(EngineSettings):
     """Arguments of `build_generator_app`, from Python, a Serve config file or the control plane."""
+
+    # `serve run module:builder key=value` passes every value as a string: they are converted, not refused.
+    model_config = ConfigDict(strict=False)
 
     model_path: str = Field(description="Hugging Face checkpoint: a local folder or a pyarrow.fs URI (copied locally).")
     model_version: int = Field(
@@ -49,6 +53,7 @@ class GenerateRequest(Strict):
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seeds: list[int] | None = None
+    n: int = Field(1, ge=1, le=64, description="Samples per prompt.")
 
     @model_validator(mode="after")
     def _aligned(self) -> GenerateRequest:
@@ -69,7 +74,7 @@ class Completion(Strict):
 
 
 class GenerateResponse(Strict):
-    completions: list[Completion]
+    completions: list[Completion]  # n per prompt, in the request's order
     model_version: int
 
 

@@ -82,7 +82,7 @@ def iteration(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
                 "name": f"bench-e2e-{n}",
                 "storage_uri": f"{tmp}/storage",
                 "model": {"path": model_dir, "dtype": "float32"},
-                "data": {"path": str(data), "held_out_prompts": 0},
+                "data": {"path": str(data)},
                 "sampling": {"max_new_tokens": size.max_new_tokens, "seed": size.seed},
                 "train": {
                     "num_workers": 2,

@@ -30,7 +30,10 @@ from tests.bench.common import (
 )
 
 BETA, LR, MAX_GRAD_NORM = 0.1, 5e-7, 1.0  # the paper's β and lr (zephyr, iteration 0), HF's clipping default
-TRAIN = TrainConfig(beta=BETA, loss_type="sigmoid", optimizer="adamw", learning_rate=LR, weight_decay=0.0)
+# TRL's DPOTrainer's loss has no NLL term: the comparison is of the paper's loss.
+TRAIN = TrainConfig(
+    beta=BETA, loss_type="sigmoid", optimizer="adamw", learning_rate=LR, weight_decay=0.0, real_nll_weight=0.0
+)
 # Weights stay fp32 as both trainers keep master weights; on a GPU both compute under bf16 autocast.
 WEIGHTS_DTYPE = "float32"
 
@@ -213,9 +216,19 @@ def trl_dpo(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
     return _training_result(trainer.model, tokens, timer.seconds, size, losses, _memory(baseline))
 
 
-def same_loss(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
-    """Both losses on the same first batch, with a reference that differs from the policy (so the value is not
-    the trivial ln 2): the policy's weights plus seeded noise."""
+# Our loss type → (TRL's loss_type, our length_normalize): TRL's "ipo" divides each log-ratio by its length.
+TRL_LOSSES = {
+    "sigmoid": ("sigmoid", False),
+    "hinge": ("hinge", False),
+    "ipo": ("ipo", True),
+    "sppo_hard": ("sppo_hard", False),
+    "bco_pair": ("bco_pair", False),
+}
+
+
+def losses_on_first_batch(size: Size, loss_types: list[str]) -> dict[str, dict[str, Any]]:
+    """TRL's and our loss on the same first batch, for each loss type, with a reference that differs from the
+    policy (so the value is not the trivial one): the policy's weights plus seeded noise."""
     import torch
 
     from jobs.chat import pad_id
@@ -225,6 +238,7 @@ def same_loss(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
 
     model_dir = prepare_model(size.model)
     b = _check_batch(size)
+    out = {}
     with tempfile.TemporaryDirectory() as tmp:
         ref = load_causal_lm(model_dir, "float32")
         generator = torch.Generator().manual_seed(size.seed)
@@ -236,26 +250,37 @@ def same_loss(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
         trainer = _trl_trainer(size, model_dir, tmp, tmp + "/out")
         examples = [trainer.train_dataset[i] for i in range(b)]
         inputs = trainer._prepare_inputs(trainer.data_collator(examples))
+        pairs = bench_pairs(model_dir, size.train_pairs, size.seed)[:b]  # the rows TRL was given
+        columns = [[p[k] for p in pairs] for k in ("prompt_ids", "real_ids", "generated_ids")]
+        pad = pad_id(load_tokenizer(model_dir))
+        policy = load_causal_lm(model_dir, "float32")
         with torch.no_grad():
-            trl_loss = float(trainer.compute_loss(trainer.model, inputs))
-            pairs = bench_pairs(model_dir, size.train_pairs, size.seed)[:b]  # the rows TRL was given
-            columns = [[p[k] for p in pairs] for k in ("prompt_ids", "real_ids", "generated_ids")]
-            pad = pad_id(load_tokenizer(model_dir))
             ref_real, ref_generated, _ = policy_logps(
                 load_causal_lm(tmp, "float32"), collate_pairs(*columns, pad_id=pad)
             )
             pb = collate_pairs(*columns, pad_id=pad, ref_logps_real=ref_real, ref_logps_generated=ref_generated)
-            policy = load_causal_lm(model_dir, "float32")
-            ours, _ = spin_forward(policy, pb, TRAIN, loss_scale=1.0 / b)
+            for loss_type in loss_types:
+                trl_type, normalize = TRL_LOSSES[loss_type]
+                trainer.loss_types, trainer.loss_weights = [trl_type], [1.0]
+                trl_loss = float(trainer.compute_loss(trainer.model, inputs))
+                ours_cfg = TRAIN.model_copy(
+                    update={"loss_type": loss_type, "length_normalize": normalize, "real_nll_weight": 0.0}
+                )
+                ours, _ = spin_forward(policy, pb, ours_cfg, loss_scale=1.0 / b)
+                out[loss_type] = {
+                    "trl_loss": trl_loss,
+                    "spin_loss": float(ours),
+                    "abs_diff": abs(trl_loss - float(ours)),
+                }
     same_tokens = [e["prompt_ids"] + e["chosen_ids"] + e["rejected_ids"] for e in examples] == [
         p["prompt_ids"] + p["real_ids"] + p["generated_ids"] for p in pairs
     ]
-    return {
-        "trl_loss": trl_loss,
-        "spin_loss": float(ours),
-        "abs_diff": abs(trl_loss - float(ours)),
-        "same_tokens": same_tokens,
-    }
+    return {loss_type: values | {"same_tokens": same_tokens} for loss_type, values in out.items()}
+
+
+def same_loss(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
+    """Both losses on the same first batch (the paper's sigmoid loss)."""
+    return losses_on_first_batch(size, ["sigmoid"])["sigmoid"]
 
 
 CASES = {"spin_update": spin_update, "trl_dpo": trl_dpo, "same_loss": same_loss}

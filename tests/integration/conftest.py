@@ -10,9 +10,9 @@ from jobs.config import SpinConfig
 from jobs.demo.arithmetic import make_problems, write_jsonl
 from tests.factories import tiny_run_config
 
-UNIQUE = 48  # prompts in the data: 40 are trained on, 8 held out
-HELD_OUT = 8
-TRAIN = UNIQUE - HELD_OUT
+UNIQUE = 56  # prompts in the data: 40 are trained on, 8 validate, 8 test
+VALIDATION = TEST = 8
+TRAIN = UNIQUE - VALIDATION - TEST
 BAD_LINES = ['{"prompt": "What is 2 + 2?"}', '{"prompt": "Q", "response": 4}', '{"prompt": "Q", "response": ""}']
 
 
@@ -23,8 +23,9 @@ def tiny_config(tmp_path, model_dir, data_path, **data):
             str(tmp_path / "storage"),
             model_dir,
             str(data_path),
-            data={"held_out_prompts": HELD_OUT, **data},
-            train={"epochs": 4, "checkpoint_every_steps": 4},
+            data={"validation_prompts": VALIDATION, "test_prompts": TEST, **data},
+            # The paper's loss (no NLL term): the first step's loss is then exactly ln 2.
+            train={"epochs": 4, "checkpoint_every_steps": 4, "real_nll_weight": 0.0},
             eval={"task": "answer_match", "max_new_tokens": 24, "every_steps": 8, "prompts_during_training": 8},
             prompts_per_iteration=64,
         )
@@ -33,7 +34,7 @@ def tiny_config(tmp_path, model_dir, data_path, **data):
 
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory):
-    """48 unique prompts over a JSONL and a Parquet file; 6 rows repeat earlier prompts; 3 rows are unusable."""
+    """56 unique prompts over a JSONL and a Parquet file; 6 rows repeat earlier prompts; 3 rows are unusable."""
     root = tmp_path_factory.mktemp("data")
     problems = make_problems(UNIQUE, seed=21)
     write_jsonl(problems[:36], root / "a.jsonl")

@@ -17,7 +17,7 @@ from jobs.spin.schedule import StepPlan
 from jobs.storage import RunStorage
 from services.generator.client import generator_handle, generator_info
 from services.generator.schemas import GenerateRequest
-from tests.integration.conftest import HELD_OUT, TRAIN, UNIQUE, PrometheusScraper, tiny_config
+from tests.integration.conftest import TEST, TRAIN, UNIQUE, VALIDATION, PrometheusScraper, tiny_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 
@@ -27,23 +27,30 @@ def read_pairs(cfg, split="train"):
     return [p for p in pq.read_table(storage.pairs(0)).to_pylist() if p["split"] == split]
 
 
-def test_one_pair_per_unique_prompt(iteration):
+def eval_prompts(cfg, split):
+    storage = RunStorage(cfg.storage_uri)
+    return [p for p in storage.read_table(storage.eval_prompts()).to_pylist() if p["split"] == split]
+
+
+def test_one_pair_per_unique_prompt_and_the_evaluation_prompts_recorded_once(iteration):
     cfg, metrics, problems = iteration
-    pairs, held_out = read_pairs(cfg), read_pairs(cfg, "held_out")
-    assert len(pairs) == TRAIN and len(held_out) == HELD_OUT
-    assert sorted(p["prompt_id"] for p in pairs + held_out) == sorted(p.prompt_id for p in problems)
+    pairs, validation = read_pairs(cfg), read_pairs(cfg, "validation")
+    assert len(pairs) == TRAIN and len(validation) == VALIDATION
+    test = eval_prompts(cfg, "test")
+    assert {p["prompt_id"] for p in eval_prompts(cfg, "validation")} == {p["prompt_id"] for p in validation}
+    assert sorted(p["prompt_id"] for p in pairs + validation + test) == sorted(p.prompt_id for p in problems)
     gen = metrics.generate
     assert (gen.prompts, gen.unique_prompts, gen.duplicate_rows, gen.bad_rows) == (TRAIN, UNIQUE, 6, 3)
-    assert gen.held_out_prompts == HELD_OUT and gen.rows == UNIQUE
+    assert (gen.validation_prompts, gen.test_prompts, gen.rows) == (VALIDATION, TEST, TRAIN + VALIDATION)
     assert "a.jsonl line 37: 'response' is missing" in gen.bad_row_examples[0]
-    assert gen.generated_tokens == sum(p["generated_tokens"] for p in pairs + held_out)
-    assert gen.tokens_per_s > 0
+    assert gen.generated_tokens == gen.sampled_tokens == sum(p["generated_tokens"] for p in pairs + validation)
+    assert gen.identical_pairs == sum(p["real_ids"] == p["generated_ids"] for p in pairs) and gen.tokens_per_s > 0
 
 
-def test_held_out_prompts_are_never_trained_on(iteration):
+def test_validation_and_test_prompts_are_never_trained_on(iteration):
     cfg, metrics, _ = iteration
-    held_out = {p["prompt_id"] for p in read_pairs(cfg, "held_out")}
-    assert held_out and not held_out & {p["prompt_id"] for p in read_pairs(cfg)}
+    held = {p["prompt_id"] for p in eval_prompts(cfg, "validation") + eval_prompts(cfg, "test")}
+    assert len(held) == VALIDATION + TEST and not held & {p["prompt_id"] for p in read_pairs(cfg)}
     assert metrics.train.pairs == TRAIN  # only the training split reached the trainer
 
 
@@ -187,12 +194,12 @@ def _weights(model_dir):
     return load_file(os.path.join(model_dir, "model.safetensors"))
 
 
-def test_the_published_model_is_the_best_held_out_checkpoint(iteration):
+def test_the_published_model_is_the_best_validation_checkpoint(iteration):
     cfg, metrics, _ = iteration
     train = metrics.train
     evals = train.evals
     assert [e.step for e in evals] == [0, 8, 16, 20]
-    assert abs(evals[0].margin) < 1e-3 and evals[0].task_prompts == HELD_OUT
+    assert abs(evals[0].margin) < 1e-3 and evals[0].task_prompts == VALIDATION
     scores = [e.task_metric for e in evals]
     selected = train.selected
     assert selected.step == evals[scores.index(max(scores))].step  # the first of the best
@@ -201,11 +208,16 @@ def test_the_published_model_is_the_best_held_out_checkpoint(iteration):
     source = storage.best(0, selected.step) if selected.step else metrics.model_in
     published, best = _weights(metrics.model_out), _weights(source)
     assert published.keys() == best.keys() and all(published[k].equal(best[k]) for k in best)
-    # Evaluation of the published model, and the SFT model's baseline, on the same held-out prompts.
-    assert metrics.evaluation.held_out_prompts == metrics.baseline.held_out_prompts == HELD_OUT
-    # The served model's score equals the training loop's own evaluation of the checkpoint it published.
-    assert metrics.evaluation.task_metric == pytest.approx(selected.task_metric)
-    assert metrics.baseline.nll_real == pytest.approx(evals[0].nll_real, rel=1e-4)
+    # The published model and the SFT model, evaluated on the same validation and test prompts.
+    for evaluation in (metrics.evaluation, metrics.baseline):
+        assert (evaluation.validation.prompts, evaluation.test.prompts) == (VALIDATION, TEST)
+    # The served model's validation score equals the training loop's own evaluation of the checkpoint it published.
+    assert metrics.evaluation.validation.task_metric == pytest.approx(selected.task_metric)
+    # The SFT model's per-prompt NLL, by the evaluation's forward pass, equals the reference's in the pairs.
+    nll = {p["prompt_id"]: -p["ref_logp_real"] / p["real_tokens"] for p in read_pairs(cfg, "validation")}
+    results = storage.read_table(storage.baseline("sft", "evaluation")).to_pylist()
+    assert {r["prompt_id"]: r["nll"] for r in results if r["split"] == "validation"} == pytest.approx(nll, rel=1e-4)
+    assert metrics.baseline.validation.nll == pytest.approx(sum(nll.values()) / VALIDATION, rel=1e-4)
 
 
 def test_prometheus_serves_the_runs_metrics(iteration, scraped):
@@ -240,3 +252,35 @@ def test_seeded_prompts_beyond_one_scheduler_step(iteration):
     response = generator_handle(generator_app_name(cfg)).generate.remote(request).result(timeout_s=600)
     assert len(response.completions) == 64
     assert all(c.finish_reason in ("stop", "length") and len(c.token_ids) > 0 for c in response.completions)
+
+
+def test_choices_never_read_the_test_split(iteration, tmp_path):
+    """The test split's real answers poisoned: the same checkpoint is chosen, with the same validation scores, while
+    the test metric sees the poison. Only training and evaluation are redone, on the undisturbed run's pairs."""
+    import shutil
+
+    from jobs.iteration import run_iteration
+    from jobs.iteration.context import generator_app_name
+    from services.generator.client import stop_serving
+
+    undisturbed_cfg, undisturbed, _ = iteration
+    cfg = undisturbed_cfg.model_copy(update={"storage_uri": str(tmp_path / "storage"), "name": "poisoned"})
+    source, target = RunStorage(undisturbed_cfg.storage_uri), RunStorage(cfg.storage_uri)
+    for folder in (source.generations(0), source.pairs(0), source.baseline("sft", "evaluation")):
+        shutil.copytree(folder, folder.replace(source.root, target.root))
+    prompts = source.read_table(source.eval_prompts())
+    poisoned = [
+        r if s == "validation" else "The answer is -7."
+        for r, s in zip(prompts.column("real").to_pylist(), prompts.column("split").to_pylist(), strict=True)
+    ]
+    target.write_table(
+        target.eval_prompts(), prompts.set_column(prompts.schema.get_field_index("real"), "real", pa.array(poisoned))
+    )
+    try:
+        metrics = run_iteration(cfg, 0)
+    finally:
+        stop_serving(generator_app_name(cfg))
+    assert metrics.train.selected.step == undisturbed.train.selected.step
+    assert [e.task_metric for e in metrics.train.evals] == [e.task_metric for e in undisturbed.train.evals]
+    assert metrics.evaluation.validation == undisturbed.evaluation.validation
+    assert metrics.evaluation.test.task_metric == 0.0  # no answer is "-7": the poison reached the test split

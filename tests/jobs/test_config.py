@@ -53,7 +53,7 @@ def test_per_iteration_overrides():
     ("patch", "message"),
     [
         ({"train": {"lossy": 1}}, "Extra inputs are not permitted"),
-        ({"train": {"loss_type": "kto"}}, "'sigmoid', 'hinge' or 'ipo'"),
+        ({"train": {"loss_type": "kto"}}, "'sppo_hard' or 'bco_pair'"),
         ({"train": {"beta": 0}}, "greater than 0"),
         ({"train": {"global_batch_size": 60}}, "must be a multiple of train.micro_batch_size × train.num_workers"),
         ({"train": {"max_prompt_length": 1024}}, "must be below train.max_length"),

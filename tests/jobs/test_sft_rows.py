@@ -5,7 +5,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.sft_rows import BadRow, BadRowsError, chatterbot_rows, iter_raw_rows, locate, normalize_row
+from jobs.sft_rows import (
+    BadRow,
+    BadRowsError,
+    chatterbot_rows,
+    index_rows,
+    iter_raw_rows,
+    locate,
+    normalize_row,
+    read_rows,
+)
 
 
 def test_ultrachat_shape_first_and_last_turn():
@@ -103,3 +112,29 @@ def test_chatterbot_corpus_is_real_chat_data():
     trivia = [u for u in usable if "37th President" in u.prompt[-1]["content"]]
     assert trivia and trivia[0].real == "Richard Nixon"
     json.dumps([u.prompt for u in usable[:5]])  # JSON-serialisable as stored in records
+
+
+def test_the_three_splits_are_disjoint_on_the_demo_data_and_on_a_messages_file(tmp_path):
+    """The demo's arithmetic problems, and a messages-shaped file where one prompt also appears under another id:
+    no prompt (by id or by content) is both trained on and validated or tested on."""
+    from jobs.demo.arithmetic import make_problems, write_jsonl
+    from jobs.spin.pairs import select_prompts
+
+    write_jsonl(make_problems(3000, seed=1, style="answer"), tmp_path / "demo" / "train.jsonl")
+    rows = [
+        {
+            "prompt_id": f"id-{i}",
+            "messages": [{"role": "user", "content": f"Q{i % 150}"}, {"role": "assistant", "content": "A"}],
+        }
+        for i in range(300)  # prompts Q0..Q149, each under two ids
+    ]
+    (tmp_path / "chat.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    for path, validation, test in [(tmp_path / "demo", 500, 2000), (tmp_path / "chat.jsonl", 20, 30)]:
+        usable, bad = index_rows(read_rows(str(path), "file", "auto", "first"), "fail")
+        sel = select_prompts(usable, count=10**6, validation=validation, test=test, seed=42, iteration=0)
+        assert (len(sel.validation), len(sel.test), bad) == (validation, test, [])
+        contents = [{r.prompt_key for r in part} for part in (sel.train, sel.validation, sel.test)]
+        ids = [{r.prompt_id for r in part} for part in (sel.train, sel.validation, sel.test)]
+        for split in (contents, ids):
+            assert not (split[0] & split[1] or split[0] & split[2] or split[1] & split[2])
+        assert len(sel.train) + len(sel.validation) + len(sel.test) <= len(usable)

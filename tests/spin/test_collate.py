@@ -44,3 +44,11 @@ def test_mismatched_columns_are_rejected():
         collate_pairs([[1], [2]], [[3]], [[4], [5]], pad_id=0)
     with pytest.raises(ValueError, match="both reference log-prob columns"):
         collate_pairs([[1]], [[3]], [[4]], pad_id=0, ref_logps_real=[0.0])
+
+
+def test_scored_lengths_mask_the_generated_tail_only():
+    batch = collate_pairs([[1, 2]], [[3, 4, 5]], [[3, 9, 5, 6]], pad_id=0, scored_generated=[2])
+    assert batch.loss_mask.tolist() == [
+        [False, False, True, True, True, False],
+        [False, False, True, True, False, False],
+    ]

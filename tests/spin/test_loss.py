@@ -36,6 +36,44 @@ def test_hinge_and_ipo_match_hand_computation():
     assert ipo.losses.tolist() == pytest.approx([4.0, (20 - 5) ** 2])
 
 
+def test_losses_against_likelihood_displacement_match_hand_computation():
+    """policy real −10, generated −20; reference real −12, generated −15: r_real = +2, r_gen = −5, margin 7; β 0.1.
+
+    sppo_hard = (2 − 5)² + (−5 + 5)² = 9;  bco_pair = −log σ(0.2) − log σ(0.5) = log(1 + e^−0.2) + log(1 + e^−0.5).
+    dpop with r_real ≥ 0 is the sigmoid loss: −log σ(0.7).
+    """
+    args = (_logps(-10), _logps(-20), _logps(-12), _logps(-15))
+    assert spin_loss(*args, beta=0.1, loss_type="sppo_hard").losses.item() == pytest.approx(9.0)
+    bco = spin_loss(*args, beta=0.1, loss_type="bco_pair").losses.item()
+    assert bco == pytest.approx(math.log1p(math.exp(-0.2)) + math.log1p(math.exp(-0.5)))
+    assert spin_loss(*args, beta=0.1, loss_type="dpop").losses.item() == pytest.approx(math.log1p(math.exp(-0.7)))
+
+
+def test_dpop_penalises_a_real_answer_below_its_reference_inside_the_sigmoid():
+    """r_real = −1, r_gen = −4 (margin 3, a 'win' by the margin alone); λ 2, β 0.5:
+    −log σ(0.5 · (3 − 2 · 1)) = −log σ(0.5), where plain sigmoid gives −log σ(1.5)."""
+    args = (_logps(-11), _logps(-14), _logps(-10), _logps(-10))
+    dpop = spin_loss(*args, beta=0.5, loss_type="dpop", dpop_lambda=2.0).losses.item()
+    assert dpop == pytest.approx(math.log1p(math.exp(-0.5)))
+    assert spin_loss(*args, beta=0.5).losses.item() == pytest.approx(math.log1p(math.exp(-1.5)))
+
+
+@pytest.mark.parametrize("loss_type", ["dpop", "sppo_hard", "bco_pair"])
+def test_when_both_answers_fall_the_new_losses_pull_the_real_one_up_harder(loss_type):
+    """Real 2 nats and generated 15 nats below their references: a wide margin, the state likelihood displacement
+    leads to. The sigmoid loss, almost saturated, barely lifts the real answer; these losses lift it harder."""
+
+    def real_gradient(kind: str) -> float:
+        policy_real = torch.tensor([-12.0], requires_grad=True)
+        out = spin_loss(
+            policy_real, torch.tensor([-25.0]), torch.tensor([-10.0]), torch.tensor([-10.0]), beta=0.1, loss_type=kind
+        )
+        out.losses.sum().backward()
+        return policy_real.grad.item()
+
+    assert real_gradient(loss_type) < real_gradient("sigmoid") < 0  # descent raises log pθ(real)
+
+
 @pytest.mark.parametrize("beta", [0.01, 0.1, 5.0])
 def test_policy_equal_to_reference_gives_zero_margin_and_ln2(beta):
     real, generated = _logps(-3.5, -120.0, -0.1), _logps(-7.0, -80.0, -44.4)
@@ -75,7 +113,9 @@ def test_rewards_are_detached():
 
 def test_bad_arguments_are_named():
     x = torch.zeros(1)
-    with pytest.raises(ValueError, match="loss_type must be one of sigmoid, hinge, ipo; got 'kto'"):
+    with pytest.raises(
+        ValueError, match="loss_type must be one of sigmoid, hinge, ipo, dpop, sppo_hard, bco_pair; got 'kto'"
+    ):
         spin_loss(x, x, x, x, beta=0.1, loss_type="kto")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="beta must be positive"):
         spin_loss(x, x, x, x, beta=0.0)

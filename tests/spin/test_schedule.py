@@ -23,6 +23,12 @@ def test_lr_multiplier_warms_up_then_decays_to_zero():
     assert warmup_steps(10, 0.0) == 0 and warmup_steps(11, 0.1) == 2  # rounded up
 
 
+def test_a_step_budget_repeats_the_pairs_as_often_as_it_needs():
+    plan = StepPlan(num_pairs=37, world_size=2, micro_batch_size=4, accumulation_steps=2, epochs=2, max_steps=7)
+    assert (plan.steps_per_epoch, plan.total_steps, plan.epochs_to_run) == (3, 7, 3)  # 3 + 3 + 1 steps
+    assert StepPlan(37, 2, 4, 2, epochs=2).epochs_to_run == 2
+
+
 def test_cosine_multiplier_falls_from_the_peak_to_zero():
     """After warm-up, m(s) = ½(1 + cos(π (s − w)/(T − w))): 1 at the end of warm-up, ½ halfway, 0 at T."""
     f = lr_multiplier(total_steps=10, warmup_steps=2, kind="cosine")

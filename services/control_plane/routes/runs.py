@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response, status
 
 from jobs.config import SpinConfig
+from jobs.report.render import report_json
+from jobs.report.results import load_run
 from jobs.storage import RunStorage
 from services.control_plane import store
 from services.control_plane.confine import is_within
@@ -61,6 +63,13 @@ def list_iterations(run_id: str, session: SessionDep) -> list[IterationPublic]:
 @router.get("/{run_id}/iterations/{index}", response_model=IterationPublic)
 def get_iteration(run_id: str, index: int, session: SessionDep) -> IterationPublic:
     return IterationPublic.model_validate(store.get_iteration(store.get_run(session, run_id), index))
+
+
+@router.get("/{run_id}/report")
+def get_report(run_id: str, session: SessionDep) -> dict[str, Any]:
+    """The run's report: each model's test scores, and every paired comparison (difference, 95% bootstrap interval,
+    McNemar p, verdict) of the SPIN models against the SFT model and continued SFT."""
+    return report_json(load_run(store.get_run(session, run_id).storage_uri))
 
 
 @router.post("/{run_id}/launch", response_model=RunPublic, status_code=202, dependencies=[TokenDep])

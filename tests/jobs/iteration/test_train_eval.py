@@ -1,10 +1,11 @@
+import pytest
 import torch
 
 from jobs.chat import encode_prompt, encode_response, pad_id
 from jobs.config import TrainConfig
 from jobs.demo.arithmetic import make_problems
 from jobs.hf import load_causal_lm, load_tokenizer
-from jobs.iteration.train_eval import greedy_tokens, held_out_diagnostics, task_metric
+from jobs.iteration.train_eval import greedy_tokens, task_metric, validation_diagnostics
 from jobs.iteration.train_step import policy_logps
 from jobs.spin.collate import collate_pairs
 
@@ -31,7 +32,7 @@ def test_greedy_tokens_match_transformers_generate(tiny_model_dir):
     assert len({tuple(o) for o in ours}) > 1
 
 
-def test_held_out_diagnostics_at_the_reference_and_by_hand(tiny_model_dir):
+def test_validation_diagnostics_at_the_reference_and_by_hand(tiny_model_dir):
     tok = load_tokenizer(tiny_model_dir)
     model = load_causal_lm(tiny_model_dir).eval()
     problems = make_problems(5, seed=9)
@@ -53,7 +54,7 @@ def test_held_out_diagnostics_at_the_reference_and_by_hand(tiny_model_dir):
                 ref_logps_generated=ref_gen[j],
             )
         )
-    metrics = held_out_diagnostics(model, batches, TrainConfig(beta=0.1, loss_type="sigmoid"))
+    metrics = validation_diagnostics(model, batches, TrainConfig(beta=0.1, loss_type="sigmoid"))
     assert abs(metrics["margin"]) < 1e-4 and metrics["rewards/accuracies"] == 0.0
     expected_nll = -float(ref_real.sum()) / sum(len(r) for r in real)
     assert abs(metrics["nll/real"] - expected_nll) < 1e-4
@@ -64,3 +65,12 @@ def test_task_metric_reads_answers_from_text():
     reals = ["2 + 2 = 4. The answer is 4.", "no answer here", "10 / 2 = 5. The answer is 5."]
     answers = ["The answer is 4.", "The answer is 9.", "It is five."]
     assert task_metric(answers, reals, r"The answer is (-?\d+)") == {"task_metric": 0.5, "task_prompts": 2}
+
+
+def test_a_pattern_that_finds_no_answer_is_an_error_naming_it_and_showing_an_answer():
+    """A NaN score here would let step 0 win every selection silently."""
+    pattern, reals = r"The answer is (-?\d+)", ["#### 42", "#### 7"]
+    with pytest.raises(ValueError) as e:
+        task_metric(["The answer is 42."] * 2, reals, pattern)
+    assert f"eval.answer_pattern {pattern!r} finds no answer in any of the 2 real answers" in str(e.value)
+    assert "'#### 42'" in str(e.value)

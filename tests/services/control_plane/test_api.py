@@ -77,6 +77,7 @@ def test_health_and_openapi(api):
         "/runs/{run_id}/launch",
         "/runs/{run_id}/cancel",
         "/runs/{run_id}/plots/{name}.png",
+        "/runs/{run_id}/report",
     }
     assert api.get("/docs").status_code == 200
 
@@ -122,7 +123,11 @@ def test_create_get_list_and_delete(api, roots):
     ("patch", "field", "message"),
     [
         ({"train": {"beta": -1}}, ["body", "config", "train", "beta"], "greater than 0"),
-        ({"train": {"loss_type": "kto"}}, ["body", "config", "train", "loss_type"], "'sigmoid', 'hinge' or 'ipo'"),
+        (
+            {"train": {"loss_type": "kto"}},
+            ["body", "config", "train", "loss_type"],
+            "'sigmoid', 'hinge', 'ipo', 'dpop', 'sppo_hard' or 'bco_pair'",
+        ),
         ({"prompts_per_iteration": "many"}, ["body", "config", "prompts_per_iteration"], "valid integer"),
         ({"surprise": 1}, ["body", "config", "surprise"], "Extra inputs are not permitted"),
     ],
@@ -234,6 +239,8 @@ def test_a_succeeded_job_records_its_metrics_and_the_next_iteration_starts(api, 
     assert first["state"] == "succeeded" and first["metrics"]["train"]["final"]["loss"] == 0.6
     assert first["metrics"]["evaluation"]["diagnostics"]["rewards/accuracies"] == 0.7
     assert second["state"] == "submitted" and launcher.submitted[-1][2] == 1
+    report = api.get(f"/runs/{run_id}/report").json()  # the per-prompt results were never stored: no comparison
+    assert [r["model"] for r in report["rows"]] == ["SPIN iteration 0"] and report["comparisons"] == []
 
 
 def test_cancel_stops_the_running_job_once(api, app, roots, launcher):

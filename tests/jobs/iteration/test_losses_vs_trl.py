@@ -1,0 +1,20 @@
+"""Our losses against TRL 1.16's DPOTrainer on the same first batch of the tiny model, with a reference that
+differs from the policy: the loss types TRL has agree to 1e-5 (fp32)."""
+
+import pytest
+
+from tests.bench.bench_training import TRL_LOSSES, losses_on_first_batch
+from tests.bench.common import Size
+
+
+@pytest.fixture(scope="module")
+def losses():
+    return losses_on_first_batch(Size.smoke(), list(TRL_LOSSES))
+
+
+@pytest.mark.parametrize("loss_type", list(TRL_LOSSES))
+def test_loss_equals_trls_on_the_same_tokens(losses, loss_type):
+    values = losses[loss_type]
+    assert values["same_tokens"]
+    assert values["spin_loss"] == pytest.approx(values["trl_loss"], abs=1e-5), values
+    assert values["spin_loss"] != pytest.approx(losses["sigmoid"]["spin_loss"]) or loss_type == "sigmoid"
