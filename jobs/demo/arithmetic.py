@@ -49,14 +49,12 @@ class Problem:
     def prompt_id(self) -> str:
         return "arith-" + hashlib.sha1(self.question.encode()).hexdigest()[:16]
 
-    def as_row(self) -> dict[str, object]:
-        """The UltraChat-200k row shape."""
+    def as_row(self, system: str | None = None) -> dict[str, object]:
+        """The UltraChat-200k row shape, opened by a system message when given."""
+        messages = [{"role": "user", "content": self.question}, {"role": "assistant", "content": self.solution}]
         return {
             "prompt_id": self.prompt_id,
-            "messages": [
-                {"role": "user", "content": self.question},
-                {"role": "assistant", "content": self.solution},
-            ],
+            "messages": ([{"role": "system", "content": system}] if system else []) + messages,
         }
 
 
@@ -112,12 +110,12 @@ def make_problems(n: int, seed: int, exclude: Iterable[Problem] = (), style: Sty
     return out
 
 
-def write_jsonl(problems: Iterable[Problem], path: str | Path) -> Path:
+def write_jsonl(problems: Iterable[Problem], path: str | Path, system: str | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w") as f:
         for p in problems:
-            f.write(json.dumps(p.as_row()) + "\n")
+            f.write(json.dumps(p.as_row(system)) + "\n")
     tmp.replace(path)
     return path

@@ -106,8 +106,13 @@ def evaluate_model(
     splits: Sequence[str] = SPLITS,
 ) -> Evaluation:
     """Evaluate the model the generator serves as `version` (stored at `model_uri`) on the eval prompts of
-    `splits`; its per-prompt results are committed to `folder`."""
+    `splits`; its per-prompt results are committed to `folder`, with the summary in their marker (so a resumed
+    iteration does not evaluate the same model twice)."""
     storage, e = ctx.storage, ctx.cfg.eval
+    if storage.is_complete(folder) and storage.marker(folder).get("model") == model_uri:
+        if stage:
+            stage.already_done()
+        return Evaluation.model_validate(storage.marker(folder)["evaluation"])
     prompts = storage.read_table(storage.eval_prompts())
     prompts = prompts.filter(pc.is_in(prompts.column("split"), pa.array(list(splits))))
     if stage:
@@ -133,15 +138,16 @@ def evaluate_model(
         },
         schema=EVAL_RESULT_SCHEMA,
     )
-    storage.write_table(folder, results, {"model": model_uri, "model_version": version})
-    if stage:
-        stage.update(prompts.num_rows)
     scores: dict[str, Any] = {
         split: split_scores(results.filter(pc.equal(results.column("split"), split)))
         for split in splits
         if pc.any(pc.equal(results.column("split"), split)).as_py()
     }
-    return Evaluation(model=model_uri, model_version=version, **scores)
+    evaluation = Evaluation(model=model_uri, model_version=version, **scores)
+    storage.write_table(folder, results, {"model": model_uri, "evaluation": evaluation.model_dump(mode="json")})
+    if stage:
+        stage.update(prompts.num_rows)
+    return evaluation
 
 
 def run_baseline(ctx: IterationContext, stage: Stage) -> Evaluation:

@@ -29,8 +29,8 @@ def test_killing_a_training_worker_resumes_from_its_checkpoint(iteration, tmp_pa
     cfg = undisturbed_cfg.model_copy(update={"storage_uri": str(tmp_path / "storage"), "name": "fault"})
     # Same pairs as the undisturbed run: only training is repeated.
     source, target = RunStorage(undisturbed_cfg.storage_uri), RunStorage(cfg.storage_uri)
-    shutil.copytree(source.generations(0), target.generations(0))
-    shutil.copytree(source.pairs(0), target.pairs(0))
+    for folder in (source.generations(0), source.pairs(0), source.eval_prompts()):
+        shutil.copytree(folder, folder.replace(source.root, target.root))
 
     outcome = {}
     runner = threading.Thread(target=lambda: outcome.update(metrics=run_iteration(cfg, 0)), daemon=True)
