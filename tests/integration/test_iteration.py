@@ -240,7 +240,7 @@ def test_prometheus_serves_the_runs_metrics(iteration, scraped):
     after = PrometheusScraper("it-test")
     after.scrape()
     assert after.samples["ray_spin_train_loss"] == [pytest.approx(metrics.train.final.loss)]
-    assert after.samples["ray_spin_pairs_done"] == [UNIQUE]
+    assert after.samples["ray_spin_pairs_done"] == [TRAIN + VALIDATION]
 
 
 def test_seeded_prompts_beyond_one_scheduler_step(iteration):
