@@ -26,11 +26,24 @@ def is_uri(location: str) -> bool:
 
 
 def absolute(location: str) -> str:
-    """The normal form of a location: a URI as given (a `file://` URI as its path), else an absolute path."""
+    """The normal form of a location: a URI as given (a `file://` URI as its path), else an absolute path.
+
+    A URI is refused when it holds what object stores and local filesystems read differently (`..` or `.`
+    segments, empty segments, percent-escapes): such a location cannot be resolved to what will be opened.
+    """
+    if "\x00" in location or any(ord(c) < 32 for c in location):
+        raise ValueError(f"location {location!r} holds a control character")
     if is_uri(location):
         scheme, rest = location.split("://", 1)
         if scheme.lower() != "file":
-            return location.rstrip("/")
+            authority, _, path = rest.rstrip("/").partition("/")  # s3://bucket/key/..., or mock:///key/...
+            segments = path.split("/") if path else []
+            if "%" in rest or authority in (".", "..") or any(s in ("", ".", "..") for s in segments):
+                raise ValueError(
+                    f"location {location!r}: a URI may not hold '.', '..' or empty segments or %-escapes, "
+                    "which stores resolve differently"
+                )
+            return f"{scheme.lower()}://{rest.rstrip('/')}"
         location = rest
     return os.path.realpath(os.path.expanduser(location))
 

@@ -96,6 +96,8 @@ def connect(
     runtime_env = {"env_vars": env}
     if log_to_driver is None:
         log_to_driver = os.environ.get("SPIN_VERBOSE", "0") not in ("", "0")
+    if not address and _local_cluster_running():
+        address = "auto"  # join the head already up (`spin server` starts one): it was sized when it started
     if address:
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING, log_to_driver=log_to_driver)
     else:
@@ -110,6 +112,12 @@ def connect(
         )
     quiet_libraries()
     return dict(ray.cluster_resources())
+
+
+def _local_cluster_running() -> bool:
+    from ray._private.services import find_gcs_addresses
+
+    return bool(find_gcs_addresses())
 
 
 def quiet_libraries() -> None:
@@ -183,10 +191,33 @@ def head_running(dashboard_port: int = 8265) -> bool:
 
 
 def stop_head() -> None:
-    """Stop the Ray processes started on this machine (`ray stop`)."""
+    """Stop the Ray processes started on this machine (`ray stop`), and any vLLM engine they left behind."""
     import shutil
     import subprocess
     import sys
 
     ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
     subprocess.run([ray_cli, "stop", "--force"], check=False, capture_output=True)
+    kill_orphaned_engines()
+
+
+def kill_orphaned_engines() -> list[int]:
+    """Kill vLLM engine processes whose parent is gone: `ray stop --force` kills a replica, and the engine core
+    it started lives on, re-parented to init (measured: ~0.9 GB each). Returns the pids killed."""
+    import signal
+    from pathlib import Path
+
+    killed = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            title = (proc / "cmdline").read_bytes().split(b"\0", 1)[0]
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+        if title.startswith(b"VLLM::") and ppid == 1:
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed.append(int(proc.name))
+            except OSError:
+                continue
+    return killed

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from jobs.spin.pairs import response_budget, truncate_prompt, truncate_response
+from jobs.spin.pairs import response_budget, truncate_response
 
 
 class ChatTokenizer(Protocol):
@@ -20,6 +20,8 @@ class ChatTokenizer(Protocol):
     def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any: ...
 
     def __call__(self, text: str, **kwargs: Any) -> Any: ...
+
+    def decode(self, token_ids: Any, **kwargs: Any) -> str: ...
 
 
 def render_prompt(tokenizer: ChatTokenizer, messages: list[dict[str, str]]) -> str:
@@ -50,6 +52,28 @@ def pad_id(tokenizer: ChatTokenizer) -> int:
     return int(tokenizer.eos_token_id)
 
 
+def fit_prompt(tokenizer: ChatTokenizer, messages: list[dict[str, str]], max_length: int) -> tuple[list[int], bool]:
+    """The prompt's ids within `max_length` tokens, with the chat template whole: the oldest turns go first, then
+    the start of the last message's text. Returns (ids, whether anything was cut). A prompt whose template alone
+    is too long cannot be fitted (ValueError)."""
+    ids = encode_prompt(tokenizer, messages)
+    if len(ids) <= max_length:
+        return ids, False
+    kept = list(messages)
+    while len(ids) > max_length and sum(m["role"] != "system" for m in kept) > 1:
+        kept.pop(next(i for i, m in enumerate(kept) if m["role"] != "system"))
+        ids = encode_prompt(tokenizer, kept)
+    content = list(tokenizer(kept[-1]["content"], add_special_tokens=False)["input_ids"])
+    keep = len(content) - (len(ids) - max_length)
+    while len(ids) > max_length:
+        if keep < 1:
+            raise ValueError(f"the chat template alone takes more than max_prompt_length ({max_length}) tokens")
+        kept[-1] = {**kept[-1], "content": str(tokenizer.decode(content[-keep:]))}
+        ids = encode_prompt(tokenizer, kept)
+        keep -= max(1, len(ids) - max_length)  # decoding and encoding again may not round-trip exactly
+    return ids, True
+
+
 def encode_example(
     tokenizer: ChatTokenizer,
     messages: list[dict[str, str]],
@@ -57,10 +81,11 @@ def encode_example(
     max_prompt_length: int,
     max_length: int,
     max_new_tokens: int | None = None,
-) -> tuple[list[int], list[int], int, bool]:
-    """A training example as every stage sees it: (prompt ids cut to max_prompt_length keeping their end, real
-    answer ids cut to the response budget, that budget, whether the real answer was cut)."""
-    prompt = truncate_prompt(encode_prompt(tokenizer, messages), max_prompt_length)
+) -> tuple[list[int], list[int], int, bool, bool]:
+    """A training example as every stage sees it: (prompt ids fitted to max_prompt_length with the template whole,
+    real answer ids cut to the response budget, that budget, whether the prompt was cut, whether the real answer
+    was cut)."""
+    prompt, prompt_cut = fit_prompt(tokenizer, messages, max_prompt_length)
     budget = response_budget(len(prompt), max_length, max_new_tokens)
     real_ids, cut = truncate_response(encode_response(tokenizer, real), budget)
-    return prompt, real_ids, budget, cut
+    return prompt, real_ids, budget, prompt_cut, cut

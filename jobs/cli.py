@@ -106,7 +106,6 @@ def run(
     # `ray job stop` sends SIGTERM: unwind normally so the generator's resources are released.
     signal.signal(signal.SIGTERM, _interrupt)
     todo = [iteration] if iteration is not None else list(range(cfg.num_iterations))
-    finished = interrupted = False
     try:
         for k in todo:
             sink = RichSink() if sys.stderr.isatty() else LogSink()
@@ -116,15 +115,14 @@ def run(
                 if isinstance(sink, RichSink):
                     sink.close()
             if iteration is None and _stopped_by_rule(cfg, k):
-                finished = True
                 break
-        finished = finished or todo[-1] == cfg.num_iterations - 1
-    except KeyboardInterrupt:
-        interrupted = True
+        else:
+            if todo[-1] != cfg.num_iterations - 1:
+                return  # the next iteration's job samples from the generator as it was left: model k+1
+    except BaseException:
+        stop_serving(generator_app_name(cfg))  # failed, stopped or interrupted: release its CPUs or GPUs
         raise
-    finally:
-        if finished or interrupted:
-            stop_serving(generator_app_name(cfg))
+    stop_serving(generator_app_name(cfg))
 
 
 def _stopped_by_rule(cfg: SpinConfig, k: int) -> bool:
@@ -142,6 +140,17 @@ def _stopped_by_rule(cfg: SpinConfig, k: int) -> bool:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+@app.command()
+def release(config: ConfigArg) -> None:
+    """Delete the run's generator (its Serve application and vLLM engine), freeing its CPUs or GPUs."""
+    cfg = _load_and_connect(config, None)
+    from jobs.iteration.context import generator_app_name
+    from services.generator.client import stop_serving
+
+    stop_serving(generator_app_name(cfg))
+    typer.echo(f"released {generator_app_name(cfg)}")
 
 
 @app.command()
@@ -169,7 +178,7 @@ def baseline(config: ConfigArg, set_: SetOpt = None) -> None:
 
 @app.command()
 def report(
-    run: Annotated[str, typer.Argument(help="A run id (asked of the control plane) or the run's storage URI.")],
+    run: Annotated[str, typer.Argument(help="A run's id or name (asked of the control plane), or its storage URI.")],
     out: Annotated[Path | None, typer.Option(help="Folder for report.json and the plots.")] = None,
 ) -> None:
     """Print the run's table (each model against the SFT model) and write report.json and PNG plots."""
@@ -183,7 +192,7 @@ def report(
     if "/" not in run:
         from services.control_plane.client import SpinClient
 
-        storage_uri = SpinClient().get_run(run)["storage_uri"]
+        storage_uri = SpinClient().find_run(run)["storage_uri"]
     record = load_run(storage_uri)
     if not record.iterations:
         raise typer.BadParameter(f"no finished iteration in {storage_uri}", param_hint="RUN")
@@ -204,5 +213,33 @@ def tiny_model(out: Annotated[Path, typer.Argument(help="Folder to write the mod
     typer.echo(build_tiny_model(out))
 
 
+def _final_errors() -> tuple[type[BaseException], ...]:
+    from pydantic import ValidationError
+
+    from jobs.sft_rows import BadRowsError, UnreadableFile
+    from jobs.storage import FolderInUse
+
+    return (BadRowsError, UnreadableFile, ValidationError, FolderInUse, ValueError)
+
+
 def main() -> None:
-    app()
+    """The command line. An error is one clear line for a person (the traceback too when not on a terminal, as in
+    a Ray Job's log, or with SPIN_VERBOSE=1)."""
+    import traceback
+
+    from jobs.progress import FINAL_ERROR_MARK
+    from services.control_plane.client import SpinAPIError
+
+    final_errors = _final_errors()
+    shown: tuple[type[BaseException], ...] = (SpinAPIError, FileNotFoundError, *final_errors)
+    try:
+        app()
+    except shown as e:
+        if not sys.stderr.isatty() or os.environ.get("SPIN_VERBOSE", "0") not in ("", "0"):
+            traceback.print_exc()
+        final = isinstance(e, final_errors)
+        if final:  # the control plane does not resubmit such a job
+            print(f"{FINAL_ERROR_MARK}: retrying cannot help", file=sys.stderr)
+        message = e.detail if isinstance(e, SpinAPIError) else f"{type(e).__name__}: {e}"
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(3 if final else 1) from None

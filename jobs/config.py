@@ -10,6 +10,8 @@ configs/config.yaml) unless a comment says why not.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -46,6 +48,11 @@ class DataConfig(Strict):
     # validation split, and results are reported on the test split only.
     validation_prompts: int = Field(0, ge=0, description="Prompts every choice is made on.")
     test_prompts: int = Field(0, ge=0, description="Prompts results are reported on, and nothing else.")
+    long_prompts: Literal["truncate", "skip"] = Field(
+        "truncate",
+        description="A prompt over train.max_prompt_length: fitted (oldest turns, then the start of its text, cut; "
+        "the chat template kept whole) and counted, or left out of training and counted.",
+    )
     seed: int = 42  # the official code shuffles with seed 42
 
     @model_validator(mode="after")
@@ -265,6 +272,9 @@ _PAPER_SCHEDULE = [
 
 class SpinConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    run_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="Set by the control plane; headless runs use the name."
+    )
     storage_uri: Location = Field(description="Where iter_<k>/ folders go: a local path or a pyarrow.fs URI.")
     model: ModelConfig
     data: DataConfig
@@ -293,6 +303,17 @@ class SpinConfig(Strict):
         if self.pairs.rule == "incorrect" and self.eval.task == "none":
             raise ValueError("pairs.rule 'incorrect' scores samples with the task metric: set eval.task")
         return self
+
+    @property
+    def identity(self) -> str:
+        """Who owns the run's storage: the control plane's run id, or the name of a headless run."""
+        return self.run_id or f"headless:{self.name}"
+
+    def fingerprint(self) -> str:
+        """A digest of every setting that shapes what the run writes; the ray, generator sizing, stopping and
+        per-iteration sections do not (an iteration's own settings are recorded in its metrics.json)."""
+        shaping = self.model_dump(mode="json", exclude={"name", "run_id", "ray", "generator", "stopping", "iterations"})
+        return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def num_iterations(self) -> int:

@@ -100,7 +100,10 @@ class GenerateSummary(Record):
     tokens_per_s: float = 0.0  # sampled tokens per second of the stage
     identical_pairs: int = 0  # training pairs whose generated side equals the real answer
     without_negative: int = 0  # training prompts none of whose samples met pairs.rule
-    skipped_prompts: int = 0  # of those, dropped (pairs.no_negative "skip")
+    skipped_prompts: int = (
+        0  # dropped from training: no negative (pairs.no_negative "skip") or too long (data.long_prompts)
+    )
+    truncated_prompts: int = 0  # prompts fitted to train.max_prompt_length
     generator: GeneratorInfo | None = None
 
 

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 from jobs.storage import RunStorage
 
 logger = logging.getLogger("spin")
+# What a job prints before an error that retrying cannot mend (bad data, a bad config, another run's folder).
+FINAL_ERROR_MARK = "[spin] final error"
 SHOWN = ("loss", "margin", "rewards/accuracies", "tokens_per_s")  # progress info worth a place on a progress bar
 
 

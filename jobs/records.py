@@ -40,6 +40,7 @@ GENERATION_SCHEMA = pa.schema(
         ("real_tokens", pa.int32()),
         ("generated_tokens", pa.int32()),
         ("real_truncated", pa.bool_()),
+        ("prompt_truncated", pa.bool_()),  # its oldest turns or the start of its text cut, the template kept whole
         ("finish_reason", pa.string()),
         ("samples", pa.int32()),  # drawn for this prompt (pairs.samples_per_prompt)
         ("sampled_tokens", pa.int32()),  # tokens of all of them

@@ -88,7 +88,8 @@ def _prompt_id(value: Any, prompt: list[dict[str, str]]) -> str:
         raise BadRow(f"'prompt_id' must be a string or an integer, got {type(value).__name__}")
     if isinstance(value, str) and not value.strip():
         raise BadRow("'prompt_id' is empty")
-    return str(value)
+    # An integer id and a string id of the same digits are two ids: only the string keeps its bare text.
+    return value if isinstance(value, str) else f"int:{value}"
 
 
 def normalize_row(obj: Any, turn: Literal["first", "last"] = "first") -> SFTExample:
@@ -124,23 +125,50 @@ def file_kind(path: str, fmt: Literal["auto", "jsonl", "parquet"] = "auto") -> L
     return "parquet" if path.endswith(".parquet") else "jsonl"
 
 
-def iter_raw_rows(data: bytes, kind: Literal["jsonl", "parquet"]) -> Iterator[tuple[int, Any]]:
-    """(row number, raw object) pairs of one JSONL or Parquet file's bytes; a JSONL line that is not JSON
-    yields a BadRow instead of an object, so one broken line does not hide the others."""
-    if kind == "parquet":
-        import pyarrow.parquet as pq
+class UnreadableFile(ValueError):
+    """A data file that cannot be read at all as the format it is read as."""
 
-        table = pq.read_table(io.BytesIO(data))
-        for i, row in enumerate(table.to_pylist()):
-            yield i, {k: v for k, v in row.items() if v is not None}
+
+PARQUET_MAGIC = b"PAR1"
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def iter_raw_rows(
+    data: bytes, kind: Literal["jsonl", "parquet"], source: str = "the file"
+) -> Iterator[tuple[int, Any]]:
+    """(row number, raw object) pairs of one JSONL or Parquet file's bytes. A JSONL line that is not UTF-8 or not
+    JSON yields a BadRow instead of an object, so one broken line does not hide the others; lines end at "\\n"
+    only (JSON strings may hold U+2028 or U+0085), and a UTF-8 byte-order mark opening the file is read past."""
+    if kind == "parquet":
+        yield from _parquet_rows(data, source)
         return
-    for i, line in enumerate(data.decode("utf-8").splitlines()):
+    if data.startswith(PARQUET_MAGIC):
+        raise UnreadableFile(f"{source} is a Parquet file (it starts with PAR1) but is read as JSONL (data.format)")
+    lines = data.removeprefix(UTF8_BOM).split(b"\n")
+    for i, raw in enumerate(lines):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield i, BadRow(f"not UTF-8 (byte {e.start + 1} of the line is {raw[e.start : e.start + 1]!r})")
+            continue
         if not line.strip():
             continue
         try:
             yield i, json.loads(line)
         except json.JSONDecodeError as e:
             yield i, BadRow(f"not valid JSON ({e.msg} at column {e.colno})")
+
+
+def _parquet_rows(data: bytes, source: str) -> Iterator[tuple[int, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except pa.ArrowInvalid as e:
+        raise UnreadableFile(f"{source} cannot be read as Parquet (data.format): {e}") from e
+    for i, row in enumerate(table.to_pylist()):
+        yield i, {k: v for k, v in row.items() if v is not None}
 
 
 def chatterbot_rows(language: str = "english") -> Iterator[tuple[str, int, dict[str, Any]]]:
@@ -160,6 +188,8 @@ def chatterbot_rows(language: str = "english") -> Iterator[tuple[str, int, dict[
         doc = yaml.safe_load(entry.read_text(encoding="utf-8")) or {}
         for i, conversation in enumerate(doc.get("conversations") or []):
             turns = conversation if isinstance(conversation, list) else [conversation]
+            if len(turns) < 2:
+                continue  # a lone line is no exchange: the corpus is used as shipped, without a bad row
             messages = [
                 {"role": "user" if j % 2 == 0 else "assistant", "content": _as_text(t)} for j, t in enumerate(turns)
             ]

@@ -1,6 +1,7 @@
 """A run's storage: every path of a run folder, and atomic commits of what the stages write.
 
     <storage_uri>/config.yaml                    config()             the run's config
+    <storage_uri>/run.json                       identity()           who owns the folder: run id, settings digest
     <storage_uri>/eval_prompts/                  eval_prompts()       the validation and test prompts (Parquet)
     <storage_uri>/iter_<k>/status.json           status(k)            live progress of iteration k (stage, units done)
     <storage_uri>/iter_<k>/generations/          generations(k)       generation records before scoring (Parquet)
@@ -40,6 +41,10 @@ SFT = "sft"  # the starting model, evaluated as a baseline
 CONTINUED_SFT = "continued_sft"  # the baseline SPIN is compared against
 
 
+class FolderInUse(RuntimeError):
+    """The storage folder holds another run's outputs (or outputs of other settings)."""
+
+
 class RunStorage:
     def __init__(self, uri: str):
         self._scheme = absolute(uri).split("://", 1)[0] if is_uri(absolute(uri)) else None
@@ -52,6 +57,30 @@ class RunStorage:
 
     def config(self) -> str:
         return self.path("config.yaml")
+
+    def identity(self) -> str:
+        return self.path("run.json")
+
+    def claim(self, run: str, fingerprint: str) -> None:
+        """Make the folder `run`'s, or check it already is, with the same settings: outputs of another run, or of
+        other settings, are never taken for this run's."""
+        if self.exists(self.identity()):
+            owner = self.read_json(self.identity())
+            if owner != {"run": run, "fingerprint": fingerprint}:
+                raise FolderInUse(
+                    f"{self.uri} holds the outputs of run {owner.get('run')!r} (settings {owner.get('fingerprint')}); "
+                    f"this is run {run!r} (settings {fingerprint}). To resume that run, launch it with its own "
+                    "config; to start over, choose a fresh storage_uri or delete the folder"
+                )
+            return
+        if self.exists(self.root) and self.fs.get_file_info(pafs.FileSelector(self.root)):
+            leftovers = [i.base_name for i in self.fs.get_file_info(pafs.FileSelector(self.root))]
+            if set(leftovers) - {"config.yaml"}:
+                raise FolderInUse(
+                    f"{self.uri} already holds outputs ({', '.join(sorted(leftovers)[:5])}) that no run owns; "
+                    "choose a fresh storage_uri or delete the folder"
+                )
+        self.write_json(self.identity(), {"run": run, "fingerprint": fingerprint})
 
     def eval_prompts(self) -> str:
         return self.path("eval_prompts")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 TINY_TRAIN = {
@@ -22,8 +23,8 @@ TINY_TRAIN = {
 
 
 def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `overrides` laid over it, section by section."""
-    out = dict(base)
+    """A copy of `base` with `overrides` laid over it, section by section (the base is never changed)."""
+    out = copy.deepcopy(base)
     for key, value in overrides.items():
         out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out

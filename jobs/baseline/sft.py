@@ -157,7 +157,7 @@ def sft_examples(cfg: SpinConfig, tokenizer: Any) -> tuple[list[Example], list[E
         out = []
         for ref in refs:
             messages, real = rows[(ref.source, ref.row)]
-            prompt, real_ids, _, _ = encode_example(
+            prompt, real_ids, _, _, _ = encode_example(
                 tokenizer, messages, real, t.max_prompt_length, t.max_length, cfg.sampling.max_new_tokens
             )
             out.append((prompt, real_ids))

@@ -27,6 +27,7 @@ class IterationContext:
     @classmethod
     def create(cls, cfg: SpinConfig, k: int) -> IterationContext:
         storage = RunStorage(cfg.storage_uri)
+        storage.claim(cfg.identity, cfg.fingerprint())  # never another run's outputs, nor other settings'
         model_uri = starting_model_uri(cfg, storage, k)
         return cls(cfg, cfg.iteration(k), storage, model_uri, local_copy(model_uri))
 

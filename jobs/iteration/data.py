@@ -35,7 +35,7 @@ class SFTDatasource(FileBasedDatasource):
         self._turn = turn
 
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[Block]:
-        rows = iter_raw_rows(f.read(), file_kind(path, self._fmt))
+        rows = iter_raw_rows(f.read(), file_kind(path, self._fmt), path)
         while chunk := [(path, i, obj) for i, obj in _take(rows, ROWS_PER_BLOCK)]:
             yield rows_table(chunk, self._turn)
 

@@ -11,7 +11,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -53,6 +53,7 @@ class CallerSpec(BaseModel):
     sampling: SamplingConfig
     pairs: PairsConfig = PairsConfig()
     answer_pattern: str | None = None  # the task metric's, for pairs.rule "incorrect"
+    long_prompts: Literal["truncate", "skip"] = "truncate"
     max_prompt_length: int
     max_length: int
     timeout_s: float
@@ -63,6 +64,7 @@ class Encoded:
     prompts: list[list[int]]  # rendered with the chat template, cut to max_prompt_length keeping the end
     budgets: list[int]  # tokens a response may take
     real_ids: list[list[int]]
+    prompt_cut: list[bool]
     real_cut: list[bool]
 
 
@@ -82,9 +84,9 @@ class PromptEncoder:
             for m, r in zip(batch.column("messages").to_pylist(), batch.column("real").to_pylist(), strict=True)
         ]
         if not examples:
-            return Encoded([], [], [], [])
-        prompts, reals, budgets, cuts = (list(column) for column in zip(*examples, strict=True))
-        return Encoded(prompts, budgets, reals, cuts)
+            return Encoded([], [], [], [], [])
+        prompts, reals, budgets, prompt_cuts, cuts = (list(column) for column in zip(*examples, strict=True))
+        return Encoded(prompts, budgets, reals, prompt_cuts, cuts)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         e = self.encode(batch)
@@ -143,11 +145,15 @@ class GeneratorCaller(PromptEncoder):
                 "real_tokens": [len(r) for r in e.real_ids],
                 "generated_tokens": [len(g) for g in generated_ids],
                 "real_truncated": e.real_cut,
+                "prompt_truncated": e.prompt_cut,
                 "finish_reason": ["replay" if c is None else c.finish_reason for c in chosen],
                 "samples": [k] * n,
                 "sampled_tokens": [sum(len(c.token_ids) for c in group) for group in samples],
                 "pick": picks,
-                "kept": [p >= 0 or spec.pairs.no_negative == "replay" for p in picks],
+                "kept": [
+                    (p >= 0 or spec.pairs.no_negative == "replay") and not (cut and spec.long_prompts == "skip")
+                    for p, cut in zip(picks, e.prompt_cut, strict=True)
+                ],
             },
             schema=GENERATION_SCHEMA,
         )
@@ -227,6 +233,7 @@ def run_generate(ctx: IterationContext, stage: Stage) -> GenerateSummary:
         sampling=cfg.sampling,
         pairs=cfg.pairs,
         answer_pattern=cfg.eval.answer_pattern if cfg.eval.task != "none" else None,
+        long_prompts=cfg.data.long_prompts,
         max_prompt_length=ctx.train.max_prompt_length,
         max_length=ctx.train.max_length,
         timeout_s=cfg.generator.request_timeout_s,
@@ -300,4 +307,5 @@ def _pair_counts(batch: pa.Table) -> dict[str, int]:
         "identical_pairs": sum(identical),
         "without_negative": pc.sum(pc.equal(train.column("pick"), -1)).as_py() or 0,
         "skipped_prompts": pc.sum(pc.invert(train.column("kept"))).as_py() or 0,
+        "truncated_prompts": pc.sum(batch.column("prompt_truncated")).as_py() or 0,
     }

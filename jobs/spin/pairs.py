@@ -85,11 +85,6 @@ def select_prompts(
     )
 
 
-def truncate_prompt(prompt_ids: Sequence[int], max_prompt_length: int) -> list[int]:
-    """Keep the last max_prompt_length tokens: the end of a prompt is what the answer depends on."""
-    return list(prompt_ids[-max_prompt_length:]) if len(prompt_ids) > max_prompt_length else list(prompt_ids)
-
-
 def response_budget(prompt_length: int, max_length: int, max_new_tokens: int | None = None) -> int:
     """Tokens a response may take so that prompt + response fits in max_length (and max_new_tokens)."""
     budget = max_length - prompt_length

@@ -13,21 +13,20 @@ from rich.table import Table
 
 from jobs.metrics import IterationMetrics
 from jobs.progress import shown_info
-from services.control_plane.client import TOKEN_FILE, SpinAPIError, SpinClient
+from services.control_plane.client import SpinClient, token_file
 
 runs = typer.Typer(no_args_is_help=True, help="Create, launch, watch and cancel runs on a control plane.")
 console = Console()
 
-RunId = Annotated[str, typer.Argument(help="Run id.")]
+RunId = Annotated[str, typer.Argument(help="A run's id or its name.")]
 
 
 def _client() -> SpinClient:
     return SpinClient()
 
 
-def _fail(e: SpinAPIError) -> None:
-    console.print(f"[red]error[/red] {e.detail}")
-    raise typer.Exit(1)
+def _run(client: SpinClient, ref: str) -> dict[str, Any]:
+    return client.find_run(ref)
 
 
 def serve_control_plane(host: str, port: int, local_ray: bool, num_cpus: float | None) -> None:
@@ -40,12 +39,13 @@ def serve_control_plane(host: str, port: int, local_ray: bool, num_cpus: float |
     if local_ray:
         os.environ.setdefault("SPIN_RAY_DASHBOARD_URL", start_head(num_cpus=num_cpus))
     if not os.environ.get("SPIN_API_TOKEN"):
-        if not TOKEN_FILE.exists():
-            TOKEN_FILE.parent.mkdir(parents=True, exist_ok=True)
-            TOKEN_FILE.touch(mode=0o600)
-            TOKEN_FILE.write_text(secrets.token_urlsafe(32))
-        os.environ["SPIN_API_TOKEN"] = TOKEN_FILE.read_text().strip()
-        console.print(f"API token in {TOKEN_FILE} (the CLI and client read it from there)")
+        path = token_file()
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(32))
+        os.environ["SPIN_API_TOKEN"] = path.read_text().strip()
+        console.print(f"API token in {path} (the CLI and client read it from there, from any folder)")
     import uvicorn
 
     from cluster.logs import setup_logging
@@ -93,37 +93,26 @@ def create(
     """Create a run from a config file (validated here and by the server)."""
     from jobs.config import SpinConfig
 
-    try:
-        run = _client().create_run(SpinConfig.from_yaml(config, set_))
-    except SpinAPIError as e:
-        _fail(e)
+    run = _client().create_run(SpinConfig.from_yaml(config, set_))
     console.print(f"created run [bold]{run['id']}[/bold] ({run['num_iterations']} iterations)")
 
 
 @runs.command("list")
 def list_() -> None:
-    try:
-        console.print(run_table(_client().list_runs()["data"]))
-    except SpinAPIError as e:
-        _fail(e)
+    console.print(run_table(_client().list_runs()["data"]))
 
 
 @runs.command("get")
 def get(run_id: RunId, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    try:
-        run = _client().get_run(run_id)
-    except SpinAPIError as e:
-        _fail(e)
+    run = _run(_client(), run_id)
     console.print_json(json.dumps(run)) if as_json else console.print(iteration_table(run))
 
 
 @runs.command("launch")
 def launch(run_id: RunId, iterations: Annotated[int, typer.Option("-n", help="How many iterations.")] = 1) -> None:
     """Queue the next N iterations."""
-    try:
-        run = _client().launch(run_id, iterations)
-    except SpinAPIError as e:
-        _fail(e)
+    client = _client()
+    run = client.launch(_run(client, run_id)["id"], iterations)
     console.print(iteration_table(run))
 
 
@@ -162,10 +151,8 @@ def watch_run(client: SpinClient, run_id: str, out: Console | None = None) -> di
 @runs.command("watch")
 def watch(run_id: RunId) -> None:
     """Follow a run until nothing is queued or running, with a progress bar for the current stage."""
-    try:
-        run = watch_run(_client(), run_id)
-    except SpinAPIError as e:
-        _fail(e)
+    client = _client()
+    run = watch_run(client, _run(client, run_id)["id"])
     console.print(iteration_table(run))
     if run["state"] == "failed":
         console.print(f"[red]{run['error']}[/red]")
@@ -174,17 +161,14 @@ def watch(run_id: RunId) -> None:
 
 @runs.command("cancel")
 def cancel(run_id: RunId) -> None:
-    try:
-        console.print(iteration_table(_client().cancel(run_id)))
-    except SpinAPIError as e:
-        _fail(e)
+    client = _client()
+    console.print(iteration_table(client.cancel(_run(client, run_id)["id"])))
 
 
 @runs.command("delete")
 def delete(run_id: RunId) -> None:
     """Forget a run (its storage is kept)."""
-    try:
-        _client().delete(run_id)
-    except SpinAPIError as e:
-        _fail(e)
-    console.print(f"deleted run {run_id}")
+    client = _client()
+    run = _run(client, run_id)
+    client.delete(run["id"])
+    console.print(f"deleted run {run['id']} ({run['name']}); its storage stays at {run['storage_uri']}")

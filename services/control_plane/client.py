@@ -17,7 +17,18 @@ from typing import Any
 import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-TOKEN_FILE = Path(".cache/spin-control/token")
+
+
+def spin_home() -> Path:
+    """Where the control plane keeps its token and SQLite database, whatever folder it or the CLI runs in:
+    $SPIN_HOME, else ~/.cache/spin."""
+    return Path(os.environ.get("SPIN_HOME") or Path.home() / ".cache" / "spin")
+
+
+def token_file() -> Path:
+    return spin_home() / "token"
+
+
 FINAL_RUN_STATES = {"idle", "completed", "stopped", "failed", "cancelled", "created"}
 
 
@@ -27,17 +38,21 @@ class SpinAPIError(RuntimeError):
         super().__init__(f"HTTP {status_code}: {detail}")
 
 
-def default_token() -> str | None:
+def default_token() -> tuple[str | None, str]:
+    """The token the CLI sends, and where it came from (said when the server refuses it)."""
     token = os.environ.get("SPIN_API_TOKEN")
     if token:
-        return token
-    return TOKEN_FILE.read_text().strip() if TOKEN_FILE.exists() else None
+        return token, "$SPIN_API_TOKEN"
+    path = token_file()
+    if path.exists():
+        return path.read_text().strip(), f"{path} (written by the last `spin server` started without SPIN_API_TOKEN)"
+    return None, f"no token: neither $SPIN_API_TOKEN nor {path} is set"
 
 
 class SpinClient:
     def __init__(self, url: str | None = None, token: str | None = None, timeout_s: float = 30.0):
         self.url = (url or os.environ.get("SPIN_API_URL") or DEFAULT_URL).rstrip("/")
-        token = token if token is not None else default_token()
+        token, self.token_source = (token, "the token given") if token is not None else default_token()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
 
@@ -48,6 +63,8 @@ class SpinClient:
                 detail = response.json().get("detail")
             except ValueError:
                 detail = response.text
+            if response.status_code == 401:
+                detail = f"{detail}; the token sent was from {self.token_source}"
             raise SpinAPIError(response.status_code, detail)
         return response.json() if response.content else None
 
@@ -63,6 +80,18 @@ class SpinClient:
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/runs/{run_id}"))
+
+    def find_run(self, id_or_name: str) -> dict[str, Any]:
+        """A run by its id, or else by its name (the newest of that name)."""
+        try:
+            return self.get_run(id_or_name)
+        except SpinAPIError as e:
+            if e.status_code != 404:
+                raise
+        named = [r for r in self.list_runs(limit=500)["data"] if r["name"] == id_or_name]
+        if not named:
+            raise SpinAPIError(404, f"no run with id or name {id_or_name!r} on {self.url}")
+        return dict(named[0])
 
     def launch(self, run_id: str, iterations: int = 1) -> dict[str, Any]:
         return dict(self._call("POST", f"/runs/{run_id}/launch", json={"iterations": iterations}))

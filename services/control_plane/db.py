@@ -99,6 +99,16 @@ class Iteration(Base):
     __mapper_args__ = {"version_id_col": row_version}
 
 
+class Lease(Base):
+    """Which control plane may act on the runs (reconcile them) until when: one at a time, the others serve reads."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column()
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         from pathlib import Path

@@ -3,11 +3,15 @@ KubeRay). The only module that talks to Ray."""
 
 from __future__ import annotations
 
+import logging
 import shlex
+import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from services.control_plane.errors import Unavailable
+
+logger = logging.getLogger("spin.control_plane")
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,7 @@ class Launcher(Protocol):
     def stop(self, job_id: str) -> None: ...
     def logs_tail(self, job_id: str, lines: int = 30) -> str: ...
     def reachable(self) -> bool: ...
+    def release(self, run_id: str, config_uri: str) -> None: ...
 
 
 def submission_id(run_id: str, index: int, attempt: int) -> str:
@@ -80,6 +85,19 @@ class RayJobLauncher:
             self.client.stop_job(job_id)
         except RuntimeError:
             pass  # already finished
+
+    def release(self, run_id: str, config_uri: str) -> None:
+        """Submit the job that deletes the run's generator: a failed, cancelled or deleted run keeps none. Best
+        effort: a cluster that cannot be reached holds no generator to release."""
+        try:
+            self.client.submit_job(
+                entrypoint=f"{shlex.quote(self.python)} -m jobs release {shlex.quote(config_uri)}",
+                submission_id=f"spin-{run_id}-release-{uuid.uuid4().hex[:8]}",
+                metadata={"spin_run": run_id, "spin_release": "1"},
+                entrypoint_num_cpus=self.entrypoint_num_cpus,
+            )
+        except (Unavailable, RuntimeError, OSError) as e:
+            logger.warning("could not release the run's generator", extra={"run": run_id, "error": str(e)})
 
     def logs_tail(self, job_id: str, lines: int = 30) -> str:
         try:

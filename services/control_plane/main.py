@@ -80,7 +80,7 @@ def create_app(
     engine = make_engine(settings.database_url)
     sessions = make_sessionmaker(engine)
     launcher = launcher or RayJobLauncher(settings.ray_dashboard_url, settings.job_python, settings.job_num_cpus)
-    reconciler = Reconciler(sessions, launcher, settings.job_retries)
+    reconciler = Reconciler(sessions, launcher, settings.job_retries, lease_s=max(10.0, 5 * settings.poll_interval_s))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -107,7 +107,34 @@ def create_app(
     app.include_router(runs.router)
     app.include_router(page.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Options)
     return app
+
+
+class Options:
+    """`OPTIONS <path>` answers 204 with every method the path has (Starlette would name the first route's only)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        from starlette.routing import Match
+
+        router = scope["app"].router
+        methods = set()
+        for route in router.routes:
+            match, _ = route.matches({**scope, "method": "GET"})
+            if match != Match.NONE and getattr(route, "methods", None):
+                methods |= route.methods
+        if not methods:
+            await self.app(scope, receive, send)  # an unknown path: its 404
+            return
+        allow = ", ".join(sorted(methods | {"OPTIONS"})).encode()
+        await send({"type": "http.response.start", "status": 204, "headers": [(b"allow", allow)]})
+        await send({"type": "http.response.body", "body": b""})
 
 
 async def _reconcile_forever(reconciler: Reconciler, interval_s: float) -> None:

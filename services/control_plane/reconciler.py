@@ -10,26 +10,34 @@ deterministic and everything is re-read each pass, a restarted control plane sim
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
+import uuid
+from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from jobs.config import SpinConfig
 from jobs.metrics import IterationMetrics
+from jobs.progress import FINAL_ERROR_MARK
 from jobs.report.stopping import record_stop, stop_decision
 from jobs.storage import RunStorage
-from services.control_plane.db import Iteration, IterationState, Run, RunState, utcnow
+from services.control_plane.db import Iteration, IterationState, Lease, Run, RunState, utcnow
 from services.control_plane.errors import Unavailable
 from services.control_plane.launcher import Launcher, submission_id
 from services.control_plane.store import active_iterations, settle_run, stop_run
 
 logger = logging.getLogger("spin.control_plane")
 
-EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*:")
+# The last line of a traceback: `ValueError: ...`, `jobs.sft_rows.BadRowsError: ...`, `re.error: ...`.
+LEASE = "reconciler"
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit|error|Warning)\b.*:")
 
 
 def config_uri(run: Run) -> str:
@@ -44,13 +52,39 @@ def failure_summary(message: str | None, log_tail: str) -> str:
 
 
 class Reconciler:
-    def __init__(self, sessions: sessionmaker[Session], launcher: Launcher, job_retries: int):
+    def __init__(self, sessions: sessionmaker[Session], launcher: Launcher, job_retries: int, lease_s: float = 10.0):
         self.sessions = sessions
         self.launcher = launcher
         self.job_retries = job_retries
+        self.lease_s = lease_s
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.active = False  # whether this control plane holds the lease (its last pass did)
         self._submitted: list[str] = []  # jobs submitted in the current transaction
 
+    def hold_lease(self) -> bool:
+        """Take or renew the database lease on reconciling: another control plane on the same database only serves
+        reads while one holds it, so two never act on one run."""
+        now = utcnow()
+        expires = now + timedelta(seconds=self.lease_s)
+        try:
+            with self.sessions.begin() as session:
+                result: Any = session.execute(
+                    update(Lease)
+                    .where(Lease.name == LEASE, or_(Lease.holder == self.holder, Lease.expires_at < now))
+                    .values(holder=self.holder, expires_at=expires)
+                )
+                taken = result.rowcount
+                if not taken and session.get(Lease, LEASE) is None:
+                    session.add(Lease(name=LEASE, holder=self.holder, expires_at=expires))
+                    taken = 1
+        except IntegrityError:  # another control plane inserted it first
+            taken = 0
+        self.active = bool(taken)
+        return self.active
+
     def tick(self) -> None:
+        if not self.hold_lease():
+            return
         with self.sessions() as session:
             run_ids = session.scalars(select(Run.id).where(Run.state == RunState.RUNNING)).all()
         for run_id in run_ids:
@@ -81,10 +115,12 @@ class Reconciler:
     def _submit(self, run: Run, it: Iteration) -> None:
         it.attempts += 1
         job_id = submission_id(run.id, it.index, it.attempts)
+        adopted = self.launcher.status(job_id) is not None  # submitted before a restart: adopted, never stopped here
         it.job_id = self.launcher.submit(
             job_id, config_uri(run), it.index, {"spin_run": run.id, "spin_iteration": str(it.index)}
         )
-        self._submitted.append(it.job_id)
+        if not adopted:
+            self._submitted.append(it.job_id)
         it.state, it.stage, it.progress = IterationState.SUBMITTED, None, None
         logger.info("iteration submitted", extra={"run": run.id, "iteration": it.index, "job": it.job_id})
 
@@ -110,11 +146,13 @@ class Reconciler:
                 self._retry_or_fail(run, it, f"the job's metrics.json does not parse: {e}")
                 return
             it.metrics, it.state, it.stage, it.finished_at = checked, IterationState.SUCCEEDED, None, utcnow()
+            it.error = None  # an earlier attempt's failure is not this iteration's outcome
             logger.info("iteration succeeded", extra={"run": run.id, "iteration": it.index})
             self._apply_stopping_rule(run)
         elif status.status == "FAILED":
             tail = self.launcher.logs_tail(it.job_id, 15)
-            self._retry_or_fail(run, it, f"{failure_summary(status.message, tail)}\n{tail}".strip())
+            error = f"{failure_summary(status.message, tail)}\n{tail}".strip()
+            self._retry_or_fail(run, it, error, final=FINAL_ERROR_MARK in tail)
         elif status.status == "STOPPED":
             it.state, it.finished_at = IterationState.CANCELLED, utcnow()
 
@@ -127,14 +165,15 @@ class Reconciler:
             record_stop(RunStorage(run.storage_uri), max(it.index for it in succeeded), decision.reason)
             logger.info("run stopped by its stopping rule", extra={"run": run.id, "reason": decision.reason})
 
-    def _retry_or_fail(self, run: Run, it: Iteration, error: str) -> None:
+    def _retry_or_fail(self, run: Run, it: Iteration, error: str, final: bool = False) -> None:
         it.error = error[-4000:]
-        if it.attempts <= self.job_retries:
+        if it.attempts <= self.job_retries and not final:
             logger.warning("iteration job failed; resubmitting", extra={"run": run.id, "iteration": it.index})
             it.state = IterationState.PENDING
             return
         it.state, it.finished_at = IterationState.FAILED, utcnow()
         run.error = f"iteration {it.index} failed: {error.splitlines()[0] if error else 'no message'}"
+        self.launcher.release(run.id, config_uri(run))  # the job may have died before releasing its generator
         for later in active_iterations(run):
             later.state, later.finished_at = IterationState.CANCELLED, utcnow()
 

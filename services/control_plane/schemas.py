@@ -13,13 +13,13 @@ from services.control_plane.db import IterationState, RunState
 
 
 class RunCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     config: SpinConfig
 
 
 class LaunchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # `true` is not 1 iteration
 
     iterations: int = Field(1, ge=1, le=1000, description="How many of the next iterations to launch, in order.")
 
@@ -65,3 +65,5 @@ class Health(BaseModel):
     status: str
     database: str
     ray: str
+    # "active": this control plane reconciles the runs; "standby": another one holds the lease, this one serves reads.
+    reconciler: str

@@ -8,20 +8,24 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.control_plane.client import spin_home
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SPIN_", frozen=True)
 
     database_url: str = Field(
-        "sqlite:///.cache/spin-control/state.db", description="SQLAlchemy URL: SQLite by default, PostgreSQL by URL."
+        default_factory=lambda: f"sqlite:///{spin_home() / 'state.db'}",
+        description="SQLAlchemy URL: SQLite in $SPIN_HOME (default ~/.cache/spin) by default, PostgreSQL by URL.",
     )
     ray_dashboard_url: str = "http://127.0.0.1:8265"
     api_token: SecretStr | None = Field(
         None, description="Bearer token for mutating requests. Unset: mutating requests are refused."
     )
-    # Storage and data may live only under these roots: local folders, or URI prefixes (s3://bucket/spin).
-    storage_roots: list[str] = Field(default_factory=lambda: [str(Path(".cache").absolute())])
-    data_roots: list[str] = Field(default_factory=lambda: [str(Path(".cache").absolute())])
+    # Storage and data may live only under these roots: local folders, or URI prefixes (s3://bucket/spin). By
+    # default $SPIN_HOME and the `.cache` folder of where the server starts (the demo's and the README's).
+    storage_roots: list[str] = Field(default_factory=lambda: [str(spin_home()), str(Path(".cache").absolute())])
+    data_roots: list[str] = Field(default_factory=lambda: [str(spin_home()), str(Path(".cache").absolute())])
     max_body_bytes: int = Field(1 << 20, ge=1024)
     poll_interval_s: float = Field(2.0, gt=0)
     job_python: str = Field(sys.executable, description="Python that runs `-m jobs` on the Ray cluster.")

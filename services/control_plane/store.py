@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from jobs.config import SpinConfig
+from services.control_plane.confine import overlap
 from services.control_plane.db import (
     ACTIVE_ITERATION_STATES,
     Iteration,
@@ -20,8 +21,12 @@ from services.control_plane.errors import Conflict, Invalid, NotFound
 
 
 def create_run(session: Session, cfg: SpinConfig) -> Run:
-    if session.scalar(select(Run).where(Run.storage_uri == cfg.storage_uri)) is not None:
-        raise Conflict(f"another run already writes to {cfg.storage_uri}; give this run its own storage_uri")
+    for run_id, other in session.execute(select(Run.id, Run.storage_uri)).all():
+        if overlap(cfg.storage_uri, other):
+            raise Conflict(
+                f"run {run_id} writes to {other}, which is or holds {cfg.storage_uri}: give this run its own "
+                "storage_uri, neither inside nor around another run's"
+            )
     run = Run(
         id=uuid.uuid4().hex[:12],
         name=cfg.name,
@@ -87,8 +92,8 @@ def launch(session: Session, run: Run, count: int) -> list[Iteration]:
 
 def cancel(run: Run) -> list[Iteration]:
     """Mark the run's active iterations cancelled; returns those that had a job to stop."""
-    if run.state in (RunState.COMPLETED, RunState.CANCELLED, RunState.STOPPED) and not active_iterations(run):
-        raise Conflict(f"run {run.id} is {run.state.value}; there is nothing to cancel")
+    if not active_iterations(run):
+        raise Conflict(f"run {run.id} is {run.state.value} with no iteration queued or running: nothing to cancel")
     stopped = []
     for it in active_iterations(run):
         if it.job_id:

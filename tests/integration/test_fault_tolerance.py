@@ -29,6 +29,7 @@ def test_killing_a_training_worker_resumes_from_its_checkpoint(iteration, tmp_pa
     cfg = undisturbed_cfg.model_copy(update={"storage_uri": str(tmp_path / "storage"), "name": "fault"})
     # Same pairs as the undisturbed run: only training is repeated.
     source, target = RunStorage(undisturbed_cfg.storage_uri), RunStorage(cfg.storage_uri)
+    target.claim(cfg.identity, cfg.fingerprint())  # as if this run had made them: the same settings
     for folder in (source.generations(0), source.pairs(0), source.eval_prompts()):
         shutil.copytree(folder, folder.replace(source.root, target.root))
 

@@ -266,6 +266,7 @@ def test_choices_never_read_the_test_split(iteration, tmp_path):
     undisturbed_cfg, undisturbed, _ = iteration
     cfg = undisturbed_cfg.model_copy(update={"storage_uri": str(tmp_path / "storage"), "name": "poisoned"})
     source, target = RunStorage(undisturbed_cfg.storage_uri), RunStorage(cfg.storage_uri)
+    target.claim(cfg.identity, cfg.fingerprint())  # as if this run had made them: the same settings
     for folder in (source.generations(0), source.pairs(0), source.baseline("sft", "evaluation")):
         shutil.copytree(folder, folder.replace(source.root, target.root))
     prompts = source.read_table(source.eval_prompts())

@@ -8,12 +8,14 @@ import pytest
 from jobs.sft_rows import (
     BadRow,
     BadRowsError,
+    UnreadableFile,
     chatterbot_rows,
     index_rows,
     iter_raw_rows,
     locate,
     normalize_row,
     read_rows,
+    rows_table,
 )
 
 
@@ -43,7 +45,9 @@ def test_prompt_response_shape_and_derived_ids():
     # Same prompt without the system message is a different prompt; same prompt is the same id.
     assert a.prompt_id != b.prompt_id
     assert normalize_row({"prompt": "Q?", "response": "x"}).prompt_id == b.prompt_id
-    assert normalize_row({"prompt_id": 7, "prompt": "Q?", "response": "x"}).prompt_id == "7"
+    # An integer id and a string id of the same digits stay two ids.
+    assert normalize_row({"prompt_id": 7, "prompt": "Q?", "response": "x"}).prompt_id == "int:7"
+    assert normalize_row({"prompt_id": "7", "prompt": "Q?", "response": "x"}).prompt_id == "7"
 
 
 @pytest.mark.parametrize(
@@ -138,3 +142,45 @@ def test_the_three_splits_are_disjoint_on_the_demo_data_and_on_a_messages_file(t
         for split in (contents, ids):
             assert not (split[0] & split[1] or split[0] & split[2] or split[1] & split[2])
         assert len(sel.train) + len(sel.validation) + len(sel.test) <= len(usable)
+
+
+def _jsonl(*rows):
+    return b"".join((json.dumps(r, ensure_ascii=False).encode() if isinstance(r, dict) else r) + b"\n" for r in rows)
+
+
+ROW = {"prompt": "Q?", "response": "A."}
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u0085", "\u2029", "\x0c"])
+def test_lines_end_at_newline_only(separator):
+    """A JSON string may hold U+2028, U+0085 and the like: the row stays whole and later rows keep their lines."""
+    rows = list(iter_raw_rows(_jsonl({"prompt": f"a{separator}b", "response": "c"}, ROW), "jsonl"))
+    assert [i for i, _ in rows] == [0, 1] and rows[0][1]["prompt"] == f"a{separator}b" and rows[1][1] == ROW
+
+
+def test_a_byte_that_is_not_utf8_is_one_bad_row_named_by_line():
+    data = _jsonl(ROW, b'{"prompt": "caf\xe9", "response": "x"}', ROW)
+    table = rows_table((("d.jsonl", i, obj) for i, obj in iter_raw_rows(data, "jsonl")), "first")
+    good, bad = index_rows(table, "skip")
+    assert len(good) == 2 and bad == ["d.jsonl line 2: not UTF-8 (byte 16 of the line is b'\\xe9')"]
+    with pytest.raises(BadRowsError, match="d.jsonl line 2: not UTF-8"):
+        index_rows(table, "fail")
+
+
+def test_a_byte_order_mark_does_not_spoil_the_first_row():
+    assert list(iter_raw_rows(b"\xef\xbb\xbf" + _jsonl(ROW), "jsonl")) == [(0, ROW)]
+
+
+def test_a_parquet_file_read_as_jsonl_and_the_reverse_name_the_file():
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"prompt": ["a"], "response": ["b"]}), buf)
+    with pytest.raises(UnreadableFile, match="d.parquet is a Parquet file .* read as JSONL"):
+        list(iter_raw_rows(buf.getvalue(), "jsonl", "d.parquet"))
+    with pytest.raises(UnreadableFile, match="d.jsonl cannot be read as Parquet"):
+        list(iter_raw_rows(_jsonl(ROW), "parquet", "d.jsonl"))
+
+
+def test_the_bundled_corpus_runs_as_shipped():
+    """Lone lines of chatterbot-corpus are no exchanges; with the defaults (bad_rows: fail) nothing is refused."""
+    good, bad = index_rows(rows_table(chatterbot_rows(), "first"), "fail")
+    assert len(good) > 1500 and bad == []

@@ -9,7 +9,6 @@ from jobs.spin.pairs import (
     scored_generated_length,
     select_prompts,
     training_iterations,
-    truncate_prompt,
     truncate_response,
 )
 
@@ -71,9 +70,7 @@ def test_count_larger_than_data_takes_everything():
     assert len(sel.train) == 1 and len(sel.validation) == 1
 
 
-def test_truncation_keeps_prompt_end_and_fits_max_length():
-    assert truncate_prompt([1, 2, 3, 4, 5], 3) == [3, 4, 5]
-    assert truncate_prompt([1, 2], 3) == [1, 2]
+def test_responses_fit_what_the_prompt_leaves():
     assert response_budget(3, 10) == 7
     assert response_budget(3, 10, max_new_tokens=4) == 4
     assert truncate_response([1, 2, 3], 2) == ([1, 2], True)

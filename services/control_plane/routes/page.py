@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 from fastapi import APIRouter, Response
 from fastapi.responses import HTMLResponse
@@ -11,7 +12,7 @@ from jobs.report import plots
 from jobs.report.results import load_run
 from services.control_plane import store
 from services.control_plane.deps import SessionDep
-from services.control_plane.errors import NotFound
+from services.control_plane.errors import NotFound, responses
 
 router = APIRouter(tags=["page"])
 
@@ -21,7 +22,10 @@ def page() -> HTMLResponse:
     return HTMLResponse(resources.files("services.control_plane").joinpath("static/index.html").read_text())
 
 
-@router.get("/runs/{run_id}/plots/{name}.png", responses={200: {"content": {"image/png": {}}}})
+PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}}}
+
+
+@router.get("/runs/{run_id}/plots/{name}.png", responses=PNG | responses(404))
 def plot(run_id: str, name: str, session: SessionDep) -> Response:
     """A plot of the run (loss, margins, accuracies, task_metric), drawn from its stored metrics."""
     run = store.get_run(session, run_id)

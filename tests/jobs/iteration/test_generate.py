@@ -58,7 +58,7 @@ def test_counts_of_identical_pairs_and_prompts_without_a_negative():
         ("train", [1, 2], [1, 2], 0, True, 6),  # identical (first rule)
         ("train", [1, 2], [1, 3], 1, True, 6),
         ("train", [1, 2], [1, 2], -1, False, 6),  # no negative, skipped
-        ("train", [1, 2], [1, 2], -1, True, 6),  # no negative, replayed: identical
+        ("train", [1, 2], [1, 2], -1, True, 6),  # no negative, replayed: identical; its prompt was fitted
         ("validation", [1, 2], [1, 2], 0, True, 6),  # not a training pair
     ]:
         values = {
@@ -69,6 +69,7 @@ def test_counts_of_identical_pairs_and_prompts_without_a_negative():
             "kept": kept,
             "sampled_tokens": sampled,
             "generated_tokens": len(generated),
+            "prompt_truncated": pick == -1 and kept,
         }
         for name in rows:
             rows[name].append(values.get(name))
@@ -79,4 +80,5 @@ def test_counts_of_identical_pairs_and_prompts_without_a_negative():
         "identical_pairs": 3,
         "without_negative": 2,
         "skipped_prompts": 1,
+        "truncated_prompts": 1,
     }

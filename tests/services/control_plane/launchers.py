@@ -10,6 +10,7 @@ class RecordingLauncher:
     def __init__(self) -> None:
         self.submitted: list[tuple[str, str, int]] = []  # (job id, config URI, iteration)
         self.stopped: list[str] = []
+        self.released: list[str] = []  # run ids whose generator was released
         self.jobs: dict[str, JobStatus] = {}
         self.logs: dict[str, str] = {}
 
@@ -35,3 +36,6 @@ class RecordingLauncher:
 
     def reachable(self) -> bool:
         return True
+
+    def release(self, run_id: str, config_uri: str) -> None:
+        self.released.append(run_id)

@@ -65,8 +65,10 @@ def tick(app):
     app.state.reconciler.tick()
 
 
-def test_health_and_openapi(api):
-    assert api.get("/healthz").json() == {"status": "ok", "database": "ok", "ray": "ok"}
+def test_health_and_openapi(api, app):
+    assert api.get("/healthz").json() == {"status": "ok", "database": "ok", "ray": "ok", "reconciler": "standby"}
+    tick(app)  # the first pass takes the reconciling lease
+    assert api.get("/healthz").json()["reconciler"] == "active"
     spec = api.get("/openapi.json").json()
     assert set(spec["paths"]) == {
         "/healthz",
@@ -80,6 +82,9 @@ def test_health_and_openapi(api):
         "/runs/{run_id}/report",
     }
     assert api.get("/docs").status_code == 200
+    # Every route declares the errors it answers with, beside its 2xx and 422.
+    assert set(spec["paths"]["/runs"]["post"]["responses"]) == {"201", "401", "403", "409", "413", "422"}
+    assert set(spec["paths"]["/runs/{run_id}"]["delete"]["responses"]) == {"204", "401", "403", "404", "409", "422"}
 
 
 def test_mutations_need_the_token(api, roots):
@@ -221,6 +226,7 @@ def test_launch_conflicts_and_a_failing_job_retried_once(api, app, roots, launch
     )
     assert first["error"].splitlines()[0] == "FileNotFoundError: model.path x is not a checkpoint"
     assert run["error"] == "iteration 0 failed: FileNotFoundError: model.path x is not a checkpoint"
+    assert launcher.released == [run_id]  # a failed run keeps no generator
     assert api.get(f"/runs/{run_id}/iterations/0").json()["state"] == "failed"
     assert api.get(f"/runs/{run_id}/iterations/7").status_code == 404
 
@@ -249,7 +255,7 @@ def test_cancel_stops_the_running_job_once(api, app, roots, launcher):
     tick(app)
     cancelled = api.post(f"/runs/{run_id}/cancel", headers=AUTH)
     assert cancelled.status_code == 200 and cancelled.json()["iterations"][0]["state"] == "cancelled"
-    assert launcher.stopped == [f"spin-{run_id}-iter0-try1"]
+    assert launcher.stopped == [f"spin-{run_id}-iter0-try1"] and launcher.released == [run_id]
     assert api.post(f"/runs/{run_id}/cancel", headers=AUTH).status_code == 409
 
 
@@ -260,3 +266,65 @@ def test_the_control_plane_never_imports_torch():
     code = "import sys, services.control_plane.main, services.control_plane.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_run_that_never_launched_has_nothing_to_cancel(api, roots):
+    run_id = api.post("/runs", json={"config": config(roots)}, headers=AUTH).json()["id"]
+    r = api.post(f"/runs/{run_id}/cancel", headers=AUTH)
+    assert r.status_code == 409 and "nothing to cancel" in r.json()["detail"]
+
+
+def test_deleting_a_run_releases_its_generator(api, roots, launcher):
+    run_id = api.post("/runs", json={"config": config(roots)}, headers=AUTH).json()["id"]
+    assert api.delete(f"/runs/{run_id}", headers=AUTH).status_code == 204 and launcher.released == [run_id]
+
+
+def test_options_names_every_method_of_a_path(api, roots):
+    run_id = api.post("/runs", json={"config": config(roots)}, headers=AUTH).json()["id"]
+    r = api.options(f"/runs/{run_id}")
+    assert r.status_code == 204 and r.headers["allow"] == "DELETE, GET, OPTIONS"
+    assert api.options("/runs").headers["allow"] == "GET, OPTIONS, POST"
+
+
+def test_an_error_retrying_cannot_mend_is_not_retried(api, app, roots, launcher):
+    run_id = api.post("/runs", json={"config": config(roots)}, headers=AUTH).json()["id"]
+    api.post(f"/runs/{run_id}/launch", json={"iterations": 1}, headers=AUTH)
+    tick(app)
+    log = "jobs.sft_rows.BadRowsError: 3 SFT row(s) cannot be used\n[spin] final error: retrying cannot help\n"
+    launcher.finish(f"spin-{run_id}-iter0-try1", "FAILED", "exit 3", logs=log)
+    tick(app)
+    tick(app)
+    run = api.get(f"/runs/{run_id}").json()
+    assert run["state"] == "failed" and run["iterations"][0]["attempts"] == 1 and len(launcher.submitted) == 1
+    assert run["error"] == "iteration 0 failed: jobs.sft_rows.BadRowsError: 3 SFT row(s) cannot be used"
+
+
+def test_a_retry_that_succeeds_clears_the_first_attempts_error(api, app, roots, launcher):
+    run_id = api.post("/runs", json={"config": config(roots)}, headers=AUTH).json()["id"]
+    api.post(f"/runs/{run_id}/launch", json={"iterations": 1}, headers=AUTH)
+    tick(app)
+    launcher.finish(f"spin-{run_id}-iter0-try1", "FAILED", "node lost", logs="RuntimeError: node lost")
+    tick(app)
+    tick(app)
+    metrics = iteration_metrics(0, task_metric=0.5, accuracy=0.7, margin=0.2, nll=0.3, losses=[0.69])
+    (roots / "runs" / "r1" / "iter_0").mkdir(parents=True, exist_ok=True)
+    (roots / "runs" / "r1" / "iter_0" / "metrics.json").write_text(json.dumps(metrics.model_dump(mode="json")))
+    launcher.finish(f"spin-{run_id}-iter0-try2", "SUCCEEDED")
+    tick(app)
+    it = api.get(f"/runs/{run_id}").json()["iterations"][0]
+    assert (it["state"], it["attempts"], it["error"]) == ("succeeded", 2, None)
+
+
+def test_a_second_control_plane_on_the_database_serves_reads_and_acts_on_nothing(roots, app, api, launcher):
+    other_launcher = RecordingLauncher()
+    other = create_app(settings(roots), launcher=other_launcher, reconcile=False)
+    run_id = api.post("/runs", json={"config": config(roots)}, headers=AUTH).json()["id"]
+    api.post(f"/runs/{run_id}/launch", json={"iterations": 1}, headers=AUTH)
+    tick(app)
+    tick(other)
+    tick(app)
+    tick(other)
+    assert len(launcher.submitted) == 1 and other_launcher.submitted == [] and other_launcher.stopped == []
+    with TestClient(other) as client:
+        assert client.get("/healthz").json()["reconciler"] == "standby"
+        assert client.get(f"/runs/{run_id}").json()["iterations"][0]["state"] == "submitted"  # it still reads

@@ -55,7 +55,9 @@ def test_rules_of_launch_cancel_and_delete(database_url):
     sessions = make_sessionmaker(engine)
     with sessions.begin() as s:
         run = store.create_run(s, config())
-        with pytest.raises(Conflict, match="another run already writes to /data/runs/a"):
+        with pytest.raises(
+            Conflict, match="writes to /data/runs/a, which is or holds /data/runs/a: give this run its own storage_uri"
+        ):
             store.create_run(s, config())
         with pytest.raises(Invalid, match="at most 2 more can be launched"):
             store.launch(s, run, 3)
