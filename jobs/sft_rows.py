@@ -265,6 +265,6 @@ def read_rows(
     for name in files:
         with fs.open_input_stream(name) as f:
             tables.append(
-                rows_table(((name, i, obj) for i, obj in iter_raw_rows(f.read(), file_kind(name, fmt))), turn)
+                rows_table(((name, i, obj) for i, obj in iter_raw_rows(f.read(), file_kind(name, fmt), name)), turn)
             )
     return pa.concat_tables(tables) if tables else SFT_ROW_SCHEMA.empty_table()

@@ -1,2 +1,3 @@
-"""Reading a run, torch-free: the table of models (`results`), the stopping rule (`stopping`), the plots and the
-rendered report. `spin report`, the control plane's page and its reconciler use it."""
+"""Reading a run, torch-free: the table of models (`results`), their paired comparisons (`comparisons`), the
+stopping rule (`stopping`), the plots and the rendered report. `spin report`, the control plane's page and API,
+and its reconciler use it."""
