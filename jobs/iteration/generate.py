@@ -61,7 +61,7 @@ class CallerSpec(BaseModel):
 
 @dataclass(frozen=True)
 class Encoded:
-    prompts: list[list[int]]  # rendered with the chat template, cut to max_prompt_length keeping the end
+    prompts: list[list[int]]  # rendered with the chat template, fitted to max_prompt_length with it whole
     budgets: list[int]  # tokens a response may take
     real_ids: list[list[int]]
     prompt_cut: list[bool]
