@@ -22,7 +22,7 @@ from rich.table import Table
 from jobs.config import SpinConfig
 from jobs.metrics import IterationMetrics
 
-DEMO_CONFIG = Path(__file__).parent / "configs" / "demo_cpu.yaml"
+DEMO_CONFIG = Path(__file__).parents[1] / "configs" / "demo_cpu.yaml"
 
 # The demo's task and tiny model; its SFT recipe is the config's `sft:` section (made by the same code as `spin sft`).
 PROBLEMS = {"count": 30000, "seed": 1, "style": "answer"}

@@ -80,3 +80,9 @@ def test_yaml_overrides(tmp_path):
     with pytest.raises(ValueError, match="not of the form section.field=value"):
         SpinConfig.from_yaml(path, ["train.beta"])
     assert SpinConfig.model_validate_json(cfg.model_dump_json()) == cfg
+
+
+def test_the_demo_runs_a_shipped_config_by_default():
+    from jobs.demo.driver import DEMO_CONFIG
+
+    assert DEMO_CONFIG in CONFIGS
