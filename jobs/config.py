@@ -311,8 +311,11 @@ class SpinConfig(Strict):
 
     def fingerprint(self) -> str:
         """A digest of every setting that shapes what the run writes; the ray, generator sizing, stopping and
-        per-iteration sections do not (an iteration's own settings are recorded in its metrics.json)."""
-        shaping = self.model_dump(mode="json", exclude={"name", "run_id", "ray", "generator", "stopping", "iterations"})
+        per-iteration sections do not (an iteration's own settings are recorded in its metrics.json), nor the
+        continued-SFT grid (the baseline records its own)."""
+        unshaping = {"name", "run_id", "ray", "generator", "stopping", "iterations"}
+        exclude = dict.fromkeys(unshaping, True) | {"eval": {"continued_sft_learning_rates": True}}
+        shaping = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 
     @property

@@ -61,12 +61,15 @@ class RunStorage:
     def identity(self) -> str:
         return self.path("run.json")
 
-    def claim(self, run: str, fingerprint: str) -> None:
+    def claim(self, run: str | None, fingerprint: str) -> None:
         """Make the folder `run`'s, or check it already is, with the same settings: outputs of another run, or of
-        other settings, are never taken for this run's."""
+        other settings, are never taken for this run's. `run` None: whichever run made them, with these settings
+        (what reads a run's outputs and adds to them: its baselines)."""
+        if run is None and not self.exists(self.identity()):
+            raise FolderInUse(f"{self.uri} holds no run's outputs (no {self.identity().rsplit('/', 1)[-1]})")
         if self.exists(self.identity()):
             owner = self.read_json(self.identity())
-            if owner != {"run": run, "fingerprint": fingerprint}:
+            if owner != {"run": owner["run"] if run is None else run, "fingerprint": fingerprint}:
                 raise FolderInUse(
                     f"{self.uri} holds the outputs of run {owner.get('run')!r} (settings {owner.get('fingerprint')}); "
                     f"this is run {run!r} (settings {fingerprint}). To resume that run, launch it with its own "

@@ -56,7 +56,7 @@ def run_continued_sft(cfg: SpinConfig) -> BaselineMetrics:
     steps, batch_size = sum(m.train.steps for m in record.iterations), 2 * cfg.train.global_batch_size
     table = to_table(read_pairs(storage, [m.iteration for m in record.iterations], "train"))
     data = list(zip(table.column("prompt_ids").to_pylist(), table.column("real_ids").to_pylist(), strict=True))
-    ctx = IterationContext.create(cfg, 0)  # the run's eval prompts and generator settings
+    ctx = IterationContext.create(cfg, 0, of_any_run=True)  # the run's eval prompts and generator settings
     candidates, trained = [], {}
     try:
         for lr in rates:

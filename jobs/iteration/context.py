@@ -25,9 +25,11 @@ class IterationContext:
     model_dir: str  # a local folder holding it
 
     @classmethod
-    def create(cls, cfg: SpinConfig, k: int) -> IterationContext:
+    def create(cls, cfg: SpinConfig, k: int, *, of_any_run: bool = False) -> IterationContext:
+        """`of_any_run`: for a baseline, which joins the run in the folder whoever launched it (a config run by
+        hand carries no control-plane run id), as long as its settings are the run's."""
         storage = RunStorage(cfg.storage_uri)
-        storage.claim(cfg.identity, cfg.fingerprint())  # never another run's outputs, nor other settings'
+        storage.claim(None if of_any_run else cfg.identity, cfg.fingerprint())  # never other runs' or settings'
         model_uri = starting_model_uri(cfg, storage, k)
         return cls(cfg, cfg.iteration(k), storage, model_uri, local_copy(model_uri))
 

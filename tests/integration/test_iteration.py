@@ -286,3 +286,38 @@ def test_choices_never_read_the_test_split(iteration, tmp_path):
     assert [e.task_metric for e in metrics.train.evals] == [e.task_metric for e in undisturbed.train.evals]
     assert metrics.evaluation.validation == undisturbed.evaluation.validation
     assert metrics.evaluation.test.task_metric == 0.0  # no answer is "-7": the poison reached the test split
+
+
+def test_continued_sft_takes_spins_steps_and_picks_its_lr_on_validation(iteration):
+    """The baseline joins the run whoever launched it (here a config with another launcher's run id, as a config
+    run by hand lacks the control plane's): as many steps as SPIN's, twice its batch, each lr scored on the
+    validation split alone, the best one evaluated on both splits."""
+    import json
+
+    from jobs.baseline.continued_sft import run_continued_sft
+    from jobs.storage import CONTINUED_SFT
+
+    run_cfg, spin, _ = iteration
+    storage = RunStorage(run_cfg.storage_uri)
+    owner = json.loads(open(storage.identity()).read())
+    grid = [1e-4, 1e-3]
+    cfg = run_cfg.model_copy(
+        update={
+            "run_id": "launched-elsewhere",
+            "eval": run_cfg.eval.model_copy(update={"continued_sft_learning_rates": grid}),
+        }
+    )
+    baseline = run_continued_sft(cfg)
+    assert json.loads(open(storage.identity()).read()) == owner  # joined, not taken over
+    assert (baseline.train.steps, baseline.train.batch_size) == (spin.train.steps, 2 * cfg.train.global_batch_size)
+    assert [c.learning_rate for c in baseline.candidates] == grid
+    scores = [c.validation.task_metric for c in baseline.candidates]
+    assert baseline.train.learning_rate == grid[scores.index(max(scores))]
+    assert all(c.validation.prompts == VALIDATION for c in baseline.candidates)
+    chosen = baseline.candidates[scores.index(max(scores))].validation
+    assert baseline.validation.task_metric == chosen.task_metric
+    assert baseline.validation.nll == pytest.approx(chosen.nll, rel=1e-4)
+    assert baseline.test.prompts == TEST
+    for lr in grid:  # the candidates never answered the test split
+        rows = storage.read_table(storage.baseline(CONTINUED_SFT, "candidates", f"lr_{lr:g}", "evaluation"))
+        assert set(rows.column("split").to_pylist()) == {"validation"}

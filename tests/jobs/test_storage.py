@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from cluster.files import MARKER
 from jobs.storage import RunStorage
 
@@ -91,3 +93,30 @@ def test_every_path_is_in_the_module_docstring_and_the_readme():
 def test_remote_storage_keeps_its_scheme():
     storage = RunStorage("mock:///bucket/run")
     assert storage.uri_of(storage.model(0)).startswith("mock://")
+
+
+def test_a_folder_is_one_runs_with_one_set_of_settings_and_its_baselines_join_it(tmp_path):
+    from jobs.storage import FolderInUse
+
+    storage = RunStorage(str(tmp_path / "run"))
+    with pytest.raises(FolderInUse, match="holds no run's outputs"):
+        storage.claim(None, "f1")  # a baseline needs a run to join
+    storage.claim("cp-1", "f1")
+    storage.claim("cp-1", "f1")  # the same run resuming
+    with pytest.raises(FolderInUse, match="holds the outputs of run 'cp-1'.*this is run 'headless:x'"):
+        storage.claim("headless:x", "f1")
+    with pytest.raises(FolderInUse, match=r"\(settings f1\).*\(settings f2\)"):
+        storage.claim("cp-1", "f2")
+    storage.claim(None, "f1")  # a baseline run by hand joins the run that owns the folder, whoever launched it
+    with pytest.raises(FolderInUse, match="settings f2"):
+        storage.claim(None, "f2")
+
+
+def test_the_continued_sft_grid_is_not_a_setting_of_the_run():
+    from jobs.config import SpinConfig
+
+    cfg = SpinConfig.from_yaml("jobs/configs/demo_cpu.yaml")
+    regridded = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"continued_sft_learning_rates": [1e-5]})})
+    assert regridded.fingerprint() == cfg.fingerprint()
+    assert cfg.model_copy(update={"run_id": "cp-1"}).fingerprint() == cfg.fingerprint()
+    assert cfg.model_copy(update={"prompts_per_iteration": 1}).fingerprint() != cfg.fingerprint()
