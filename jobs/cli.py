@@ -184,7 +184,7 @@ def report(
     """Print the run's table (each model against the SFT model) and write report.json and PNG plots."""
     from rich.console import Console
 
-    from jobs.report.render import rich_table, write_report
+    from jobs.report.render import rich_table, selection_lines, verdict_lines, write_report
     from jobs.report.results import load_run, report_rows
     from jobs.storage import RunStorage
 
@@ -200,6 +200,8 @@ def report(
     console.print(rich_table(report_rows(record), title=f"SPIN report: {storage_uri}"))
     if record.stopped:
         console.print(f"stopped after iteration {record.stopped.after_iteration}: {record.stopped.reason}")
+    for line in selection_lines(record) + verdict_lines(record):
+        console.print(line)
     storage = RunStorage(storage_uri)
     for path in write_report(record, out or (storage.report() if storage.uri == storage.root else "spin-report")):
         console.print(f"wrote {path}")

@@ -148,7 +148,7 @@ def _continued_sft(cfg: SpinConfig, console: Console) -> None:
 
 
 def _report(cfg: SpinConfig, out: Console) -> None:
-    from jobs.report.render import rich_table, verdict_lines, write_report
+    from jobs.report.render import rich_table, selection_lines, verdict_lines, write_report
     from jobs.report.results import load_run, report_rows
     from jobs.storage import RunStorage
 
@@ -156,7 +156,7 @@ def _report(cfg: SpinConfig, out: Console) -> None:
     title = f"SPIN, SFT and continued SFT on {cfg.data.test_prompts} test problems (change vs SFT in brackets)"
     out.print(rich_table(report_rows(record), title=title))
     out.print(operation_shares(cfg))
-    for line in verdict_lines(record):
+    for line in selection_lines(record) + verdict_lines(record):
         out.print(line)
     folder = RunStorage(cfg.storage_uri).report()
     write_report(record, folder)

@@ -88,3 +88,25 @@ def rich_table(rows: list[dict[str, Any]], title: str = "SPIN report") -> Any:
 def verdict_lines(record: RunRecord) -> list[str]:
     """The paired comparisons, one line each, as a person reads them."""
     return [c.line() for c in comparisons(record)]
+
+
+def selection_lines(record: RunRecord) -> list[str]:
+    """Which checkpoint each iteration published and why: a SPIN model equal to the one it started from is a
+    result (no trained checkpoint beat it on the validation split), and the line says so with the scores."""
+    lines = []
+    for m in record.iterations:
+        t, selected = m.train, m.train.selected
+        if selected is None:
+            lines.append(f"iteration {m.iteration} published its last step ({t.steps}); no checkpoint selection")
+            continue
+        metric = "exact match" if selected.task_metric is not None else "real NLL"
+        scores = ", ".join(
+            f"{e.task_metric if e.task_metric is not None else e.nll_real:.3f} at step {e.step}" for e in t.evals
+        )
+        start = " (the model it started from: no trained checkpoint beat it)" if selected.step == 0 else ""
+        stopped = f"; stopped early at step {t.stopped_early_at}" if t.stopped_early_at is not None else ""
+        lines.append(
+            f"iteration {m.iteration} published step {selected.step} of {t.steps}{start}; validation {metric} "
+            f"{scores}{stopped}"
+        )
+    return lines

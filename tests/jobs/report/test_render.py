@@ -1,6 +1,6 @@
 import json
 
-from jobs.report.render import report_json, rich_table, verdict_lines, write_report
+from jobs.report.render import report_json, rich_table, selection_lines, verdict_lines, write_report
 from jobs.report.results import load_run, report_rows
 
 
@@ -40,3 +40,23 @@ def test_verdict_lines_name_both_models_the_interval_and_the_verdict(stored_run)
     assert len(lines) == 10
     assert any(line.startswith("SPIN iteration 1 vs continued SFT, exact match on 20 test prompts") for line in lines)
     assert all(line.endswith(("better", "worse", "no detectable difference")) for line in lines)
+
+
+def test_selection_lines_say_when_an_iteration_published_the_model_it_started_from(stored_run):
+    from jobs.storage import RunStorage
+    from tests.factories import step_metrics
+
+    storage = RunStorage(str(stored_run))
+    metrics = json.loads((stored_run / "iter_1" / "metrics.json").read_text())
+    evals = [(0, 0.944), (50, 0.932), (100, 0.934)]
+    train = metrics["train"]
+    train["evals"] = [step_metrics() | {"step": s, "nll/real": 0.02, "task_metric": v} for s, v in evals]
+    train["selected"] = train["evals"][0] | {"score": 0.944}
+    train["steps"], train["stopped_early_at"] = 100, 100
+    storage.write_json(storage.metrics(1), metrics)
+    first, second = selection_lines(load_run(str(stored_run)))
+    assert first.startswith("iteration 0 published step 2 of 2; validation exact match")
+    assert second == (
+        "iteration 1 published step 0 of 100 (the model it started from: no trained checkpoint beat it); validation "
+        "exact match 0.944 at step 0, 0.932 at step 50, 0.934 at step 100; stopped early at step 100"
+    )
