@@ -69,10 +69,11 @@ class RunStorage:
             raise FolderInUse(f"{self.uri} holds no run's outputs (no {self.identity().rsplit('/', 1)[-1]})")
         if self.exists(self.identity()):
             owner = self.read_json(self.identity())
-            if owner != {"run": owner["run"] if run is None else run, "fingerprint": fingerprint}:
+            if run not in (None, owner.get("run")) or owner.get("fingerprint") != fingerprint:
+                this = "a baseline" if run is None else f"run {run!r}"
                 raise FolderInUse(
                     f"{self.uri} holds the outputs of run {owner.get('run')!r} (settings {owner.get('fingerprint')}); "
-                    f"this is run {run!r} (settings {fingerprint}). To resume that run, launch it with its own "
+                    f"this is {this} (settings {fingerprint}). To resume that run, launch it with its own "
                     "config; to start over, choose a fresh storage_uri or delete the folder"
                 )
             return

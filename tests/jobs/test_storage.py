@@ -108,7 +108,7 @@ def test_a_folder_is_one_runs_with_one_set_of_settings_and_its_baselines_join_it
     with pytest.raises(FolderInUse, match=r"\(settings f1\).*\(settings f2\)"):
         storage.claim("cp-1", "f2")
     storage.claim(None, "f1")  # a baseline run by hand joins the run that owns the folder, whoever launched it
-    with pytest.raises(FolderInUse, match="settings f2"):
+    with pytest.raises(FolderInUse, match=r"run 'cp-1' \(settings f1\); this is a baseline \(settings f2\)"):
         storage.claim(None, "f2")
 
 
