@@ -16,11 +16,13 @@ import pytest
 import yaml
 
 from tests.k8s.kustomize import render
+from tests.k8s.operator_rules import DEFAULT_GATES, gates_needed, rayjob_errors
 
 ROOT = Path(__file__).parents[2]
 K8S = ROOT / "k8s"
 CRDS = Path(__file__).parent / "crds"
-KUSTOMIZATIONS = ["base", "overlays/cpu-small", "overlays/gpu-prod", "rayjob", "serving"]
+KUSTOMIZATIONS = ["base", "overlays/cpu-small", "overlays/gpu-prod", "overlays/gcs-ft-embedded", "rayjob", "serving"]
+GATED = {"overlays/gcs-ft-embedded"}  # the kustomizations that need an operator gate that is off by default
 KUBERNETES_VERSION = "1.33.0"
 SECRET_NAME = re.compile(r"(TOKEN|PASSWORD|SECRET|ACCESS_KEY|CREDENTIAL)", re.I)
 
@@ -122,6 +124,49 @@ def test_overlays_change_what_they_say():
     assert env.index("POSTGRES_PASSWORD") < env.index("SPIN_DATABASE_URL")  # $(POSTGRES_PASSWORD) resolves
     assert any(o["kind"] == "StatefulSet" for o in rendered("overlays/cpu-small"))
     assert not any(o["kind"] == "StatefulSet" for o in rendered("overlays/gpu-prod"))
+
+
+def test_only_the_gated_overlay_needs_an_operator_feature_gate_and_it_says_how_to_enable_it():
+    readme = (K8S / "README.md").read_text()
+    values = yaml.safe_load((K8S / "operator" / "values.yaml").read_text())
+    enabled = {g["name"]: g["enabled"] for g in values["featureGates"]}
+    assert {g for g, on in DEFAULT_GATES.items() if on} <= {g for g, on in enabled.items() if on}, (
+        "Helm replaces the featureGates list: the values file must keep the defaults on"
+    )
+    for name in KUSTOMIZATIONS:
+        off_by_default = {g for o in rendered(name) for g in gates_needed(o) if not DEFAULT_GATES[g]}
+        if name not in GATED:
+            assert not off_by_default, f"{name} needs {off_by_default}: a default operator rejects it"
+            continue
+        assert off_by_default, f"{name} is listed as gated but needs no gate"
+        for gate in off_by_default:
+            assert enabled.get(gate) is True, f"k8s/operator/values.yaml does not enable {gate}"
+            section = readme[readme.index(f"`{name}`") :]
+            assert gate in section[:1500], f"k8s/README.md does not name {gate} beside {name}"
+
+
+def test_the_rayjob_is_one_the_operator_accepts():
+    job = next(o for o in rendered("rayjob") if o["kind"] == "RayJob")
+    assert rayjob_errors(job["spec"]) == []
+    assert job["spec"]["preRunningDeadlineSeconds"] <= 2 * 3600
+    assert yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
+    (submitter,) = job["spec"]["submitterPodTemplate"]["spec"]["containers"]
+    assert submitter["image"].endswith("-cpu"), "the submitter needs the ray CLI only, not the GPU image"
+    assert "nvidia.com/gpu" not in submitter["resources"]["limits"]
+    assert "command" not in submitter, "the operator builds the submit command from entrypoint and runtimeEnvYAML"
+
+
+def test_the_operator_rules_catch_mistakes():
+    """Rules that accepted anything would make the two tests above vacuous."""
+    job = copy.deepcopy(next(o for o in rendered("rayjob") if o["kind"] == "RayJob"))
+    rule = {"policy": "DeleteCluster", "condition": {"jobStatus": "SUCCEEDED"}}
+    job["spec"]["deletionStrategy"] = {"deletionRules": [rule]}
+    assert any("mutually exclusive" in e for e in rayjob_errors(job["spec"]))
+    job["spec"]["preRunningDeadlineSeconds"] = 0
+    assert any("preRunningDeadlineSeconds" in e for e in rayjob_errors(job["spec"]))
+    cluster = copy.deepcopy(next(o for o in rendered("base") if o["kind"] == "RayCluster"))
+    cluster["spec"]["gcsFaultToleranceOptions"] = {"backend": "rocksdb"}
+    assert gates_needed(cluster) == {"GCSFaultToleranceEmbeddedStorage"}
 
 
 def test_serve_import_paths_build_their_applications_through_serves_loader():
