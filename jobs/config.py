@@ -21,7 +21,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from cluster.files import absolute
 from jobs.spin.names import LossType, NoNegative, PairRule
-from services.generator.schemas import EngineSettings, Strict
+from services.generator.schemas import EngineSettings, Strict, custom_resources
 
 # Ray's workers run in other folders: a relative path means the loading process's working folder, made absolute
 # (and resolved) at load, exactly as every reader of the location will open it.
@@ -184,10 +184,17 @@ class TrainConfig(Strict):
     num_workers: int = Field(8, ge=1)  # the paper trained on 8 A100s
     use_gpu: bool = True
     cpus_per_worker: float = Field(1.0, ge=0.0)
+    # Custom Ray resources each Train worker needs, to put workers on the nodes that advertise them.
+    resources_per_worker: dict[str, float] = Field(default_factory=dict)
     precision: Literal["bf16", "fp32"] = "bf16"
     checkpoint_every_steps: int = Field(100, ge=1)
     max_failures: int = Field(3, ge=-1, description="Worker-group restarts before the iteration fails (-1: no limit).")
     seed: int = 42
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _custom_resources(cls, value: dict[str, float]) -> dict[str, float]:
+        return custom_resources(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -312,9 +319,12 @@ class SpinConfig(Strict):
     def fingerprint(self) -> str:
         """A digest of every setting that shapes what the run writes; the ray, generator sizing, stopping and
         per-iteration sections do not (an iteration's own settings are recorded in its metrics.json), nor the
-        continued-SFT grid (the baseline records its own)."""
+        continued-SFT grid (the baseline records its own), nor where the Train workers are placed."""
         unshaping = {"name", "run_id", "ray", "generator", "stopping", "iterations"}
-        exclude = dict.fromkeys(unshaping, True) | {"eval": {"continued_sft_learning_rates": True}}
+        exclude = dict.fromkeys(unshaping, True) | {
+            "eval": {"continued_sft_learning_rates": True},
+            "train": {"resources_per_worker": True},
+        }
         shaping = self.model_dump(mode="json", exclude=exclude)
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -74,7 +74,7 @@ def _trainer(ctx: IterationContext, spec: TrainSpec, datasets: dict[str, ray.dat
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t = ctx.train
-    resources = {"CPU": t.cpus_per_worker} | ({"GPU": 1} if t.use_gpu else {})
+    resources = {"CPU": t.cpus_per_worker} | ({"GPU": 1} if t.use_gpu else {}) | t.resources_per_worker
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec.model_dump(mode="json"), "progress": events},

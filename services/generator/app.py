@@ -44,6 +44,7 @@ def generator_app(args: GeneratorArgs, weights: WeightsUpdate | None = None) -> 
         ray_actor_options={
             "num_cpus": args.num_cpus,
             "num_gpus": args.num_gpus,
+            "resources": args.resources,
             "runtime_env": {"env_vars": env},
         },
     )

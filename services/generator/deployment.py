@@ -1,6 +1,7 @@
 """SpinGenerator: a Ray Serve deployment around a vLLM `AsyncLLM` engine.
 
-It serves batched generation for one model directory, and moves to new weights in place
+It serves batched generation for one model directory (to Serve handles, and over HTTP as `POST /generate` and
+`GET /info` when its application has a route prefix), and moves to new weights in place
 when its Serve `user_config` changes (`reconfigure`), after in-flight requests drain, so no output ever
 mixes two models. vllm is imported inside the replica only, so callers need not have it installed.
 """
@@ -15,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from fastapi import FastAPI
 from ray import serve
 
 from cluster.files import local_copy
@@ -28,6 +30,7 @@ from services.generator.schemas import (
 )
 
 logger = logging.getLogger("ray.serve")
+http_app = FastAPI(title="SPIN generator")
 
 
 def refresh_post_load(worker: Any) -> None:
@@ -72,6 +75,7 @@ def engine_kwargs(args: GeneratorArgs, model_path: str) -> dict[str, Any]:
 
 
 @serve.deployment(name="SpinGenerator", health_check_period_s=10, health_check_timeout_s=60)
+@serve.ingress(http_app)
 class SpinGenerator:
     def __init__(self, args: dict[str, Any]):
         self._args = GeneratorArgs.model_validate(args)
@@ -132,6 +136,14 @@ class SpinGenerator:
             for o in sorted(out.outputs, key=lambda c: c.index)
         ]
         return GenerateResponse(completions=completions, model_version=version)
+
+    @http_app.post("/generate")
+    async def generate_over_http(self, request: GenerateRequest) -> GenerateResponse:
+        return await self.generate(request)
+
+    @http_app.get("/info")
+    async def info_over_http(self) -> GeneratorInfo:
+        return await self.info()
 
     async def _run(self, token_ids: list[int], params: Any) -> Any:
         from vllm.inputs import TokensPrompt

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -12,6 +13,16 @@ class Strict(BaseModel):
     a number, `"3"` for an integer) and non-finite numbers are errors at load, not later; values are frozen."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+def custom_resources(value: dict[str, float]) -> dict[str, float]:
+    """Ray custom resources: positive, finite amounts of names other than the ones Ray sets itself."""
+    for name, amount in value.items():
+        if name in ("CPU", "GPU", "memory", "object_store_memory") or name.startswith("node:"):
+            raise ValueError(f"resource {name!r} is set by Ray itself (use num_cpus / num_gpus); name a custom one")
+        if not (math.isfinite(amount) and amount > 0):
+            raise ValueError(f"resource {name!r} needs a positive, finite amount, not {amount}")
+    return value
 
 
 class EngineSettings(Strict):
@@ -26,6 +37,14 @@ class EngineSettings(Strict):
     kv_cache_memory_bytes: int | None = Field(None, ge=2**20)
     num_cpus: float = Field(1.0, ge=0.0)
     num_gpus: float = Field(0.0, ge=0.0)
+    # Custom Ray resources each replica needs: puts replicas on the nodes that advertise them (`ray start
+    # --resources`, a KubeRay group's rayStartParams), e.g. {"spin_generate": 1}.
+    resources: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_resources(cls, value: dict[str, float]) -> dict[str, float]:
+        return custom_resources(value)
 
 
 class GeneratorArgs(EngineSettings):

@@ -60,6 +60,9 @@ def test_per_iteration_overrides():
         ({"train": {"use_gpu": False}}, "train.precision 'bf16' needs train.use_gpu"),
         ({"data": {"path": None}}, "data.path is required"),
         ({"name": "bad name!"}, "String should match pattern"),
+        ({"train": {"resources_per_worker": {"GPU": 1}}}, "resource 'GPU' is set by Ray itself"),
+        ({"generator": {"resources": {"spin_generate": 0}}}, "resource 'spin_generate' needs a positive"),
+        ({"generator": {"resources": {"node:10.0.0.1": 1}}}, "set by Ray itself"),
     ],
 )
 def test_invalid_configs_name_the_field(patch, message):
