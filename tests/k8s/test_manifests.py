@@ -169,6 +169,21 @@ def test_the_operator_rules_catch_mistakes():
     assert gates_needed(cluster) == {"GCSFaultToleranceEmbeddedStorage"}
 
 
+def test_the_paper_configs_placement_resources_are_advertised_by_the_groups_meant_for_them():
+    from jobs.config import SpinConfig
+
+    cfg = SpinConfig.from_yaml_text((ROOT / "jobs" / "configs" / "zephyr_paper.yaml").read_text())
+    for name in ("base", "overlays/gpu-prod"):
+        cluster = next(o for o in rendered(name) if o["kind"] == "RayCluster")
+        # rayStartParams values are passed to `ray start` as written: a quoted JSON string.
+        groups = {
+            g["groupName"]: json.loads(json.loads(g["rayStartParams"].get("resources", '"{}"')))
+            for g in cluster["spec"]["workerGroupSpecs"]
+        }
+        assert groups["train"] == cfg.train.resources_per_worker
+        assert groups["generate"] == cfg.generator.resources
+
+
 def test_serve_import_paths_build_their_applications_through_serves_loader():
     """Serve's own loader (behind `serve run`, config deploys and a RayService's serveConfigV2) takes the builder
     and the manifest's args: one parameter, its args turned into the annotated pydantic class."""
