@@ -74,3 +74,48 @@ def test_a_pattern_that_finds_no_answer_is_an_error_naming_it_and_showing_an_ans
         task_metric(["The answer is 42."] * 2, reals, pattern)
     assert f"eval.answer_pattern {pattern!r} finds no answer in any of the 2 real answers" in str(e.value)
     assert "'#### 42'" in str(e.value)
+
+
+def _greedy_under_fsdp(rank, init_file, model_dir, out):
+    """One rank of a 2-process FSDP2 world on gloo: greedy answers as training shards them, then gathered."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp._fully_shard import _fsdp_param_group
+
+    from jobs.iteration.train_eval import gathered
+    from jobs.iteration.train_loop import _shard_model
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    gathers = 0
+    all_gather = _fsdp_param_group.foreach_all_gather
+
+    def counted(*args, **kwargs):
+        nonlocal gathers
+        gathers += 1
+        return all_gather(*args, **kwargs)
+
+    _fsdp_param_group.foreach_all_gather = counted
+    model = load_causal_lm(model_dir)
+    _shard_model(model, torch.device("cpu"), world_size=2, bf16=False)
+    prompts = [[5, 6, 7, 8], [9, 10], [11, 12, 13]]
+    plain = greedy_tokens(model, prompts, max_new_tokens=8, pad_id=0, eos_id=-1)
+    plain_gathers, gathers = gathers, 0
+    with gathered(model):
+        kept = greedy_tokens(model, prompts, max_new_tokens=8, pad_id=0, eos_id=-1)
+    sharded_after = all(p.to_local().numel() < p.numel() for p in model.model.layers[0].parameters() if p.dim())
+    if rank == 0:
+        torch.save({"plain": plain, "kept": kept, "gathers": (plain_gathers, gathers), "sharded": sharded_after}, out)
+    dist.destroy_process_group()
+
+
+def test_gathered_evaluation_gives_the_same_answers_with_one_all_gather_per_module(tiny_model_dir, tmp_path):
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "out.pt"
+    mp.spawn(_greedy_under_fsdp, args=(str(tmp_path / "init"), tiny_model_dir, str(out)), nprocs=2)
+    result = torch.load(out)
+    layers = len(load_causal_lm(tiny_model_dir).model.layers)
+    assert result["kept"] == result["plain"]
+    plain, kept = result["gathers"]
+    assert plain >= 8 * layers  # each of the 8 decoding steps gathered every layer again
+    assert kept <= layers + 1  # once per layer (and the root, which keeps its parameters anyway)
+    assert result["sharded"], "the parameters are sharded again after the block"
