@@ -27,7 +27,7 @@ from jobs.metrics import Evaluation, SplitScores
 from jobs.progress import Stage
 from jobs.records import EVAL_RESULT_SCHEMA
 from jobs.spin.metrics import answer_match
-from services.generator.client import generator_handle
+from services.generator.client import generate, generator_handle
 from services.generator.schemas import Completion, GenerateRequest
 
 REQUEST_SIZE = 64
@@ -39,15 +39,14 @@ def greedy_answers(
 ) -> list[Completion]:
     """Greedy completions from the generator, which must be serving `version`."""
     handle = generator_handle(app_name)
-    futures = [
-        handle.generate.remote(
-            GenerateRequest(prompt_token_ids=chunk, max_tokens=[max_new_tokens] * len(chunk), temperature=0.0)
-        )
+    requests = [
+        GenerateRequest(prompt_token_ids=chunk, max_tokens=[max_new_tokens] * len(chunk), temperature=0.0)
         for chunk in (prompts[i : i + REQUEST_SIZE] for i in range(0, len(prompts), REQUEST_SIZE))
     ]
+    sent = [handle.generate.remote(r) for r in requests]  # all at once: the engine batches across them
     completions: list[Completion] = []
-    for future in futures:
-        response = future.result(timeout_s=timeout_s)
+    for request, future in zip(requests, sent, strict=True):
+        response = generate(handle, request, timeout_s, sent=future)
         if response.model_version != version:
             raise RuntimeError(f"evaluating version {version}, but the generator serves {response.model_version}")
         completions += response.completions

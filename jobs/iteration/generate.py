@@ -8,7 +8,6 @@ SFT rows ─ keep sampled rows ─ GeneratorCaller actors ──(Serve handle)�
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -36,14 +35,10 @@ from jobs.spin.pairs import (
     sample_key,
     select_prompts,
 )
-from services.generator.client import generator_handle, generator_info
+from services.generator.client import generate, generator_handle, generator_info
 from services.generator.schemas import GenerateRequest
 
 CALLER_CPUS = 0.25  # the callers only tokenize and wait on the deployment
-# A request whose replica dies with it (its node lost) is sent again: Serve queues it until a replica is back,
-# and the per-prompt seeds make the answers the ones the lost replica would have given.
-REPLICA_LOSS_RETRIES = 3
-logger = logging.getLogger("spin")
 
 
 class CallerSpec(BaseModel):
@@ -185,7 +180,7 @@ class GeneratorCaller(PromptEncoder):
             # One seed per (iteration, prompt): the same answer however prompts are batched or retried.
             seeds=[sample_key(s.seed, "generate", spec.iteration, pid) % 2**31 for pid in pids],
         )
-        response = self._send(request)
+        response = generate(self.handle, request, spec.timeout_s)
         if response.model_version != spec.model_version:
             raise RuntimeError(
                 f"the generator serves model version {response.model_version}, "
@@ -194,18 +189,6 @@ class GeneratorCaller(PromptEncoder):
         if any(c.finish_reason == "abort" for c in response.completions):
             raise RuntimeError("the generator aborted requests; their outputs would be cut short")
         return list(response.completions)
-
-    def _send(self, request: GenerateRequest) -> Any:
-        from ray.exceptions import RayActorError
-
-        for retry in range(REPLICA_LOSS_RETRIES + 1):
-            try:
-                return self.handle.generate.remote(request).result(timeout_s=self.spec.timeout_s)
-            except RayActorError as e:
-                if retry == REPLICA_LOSS_RETRIES:
-                    raise
-                logger.warning("generator replica lost (%s); sending the request again", type(e).__name__)
-        raise AssertionError("unreachable")
 
 
 def generation_dataset(

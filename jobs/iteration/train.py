@@ -48,8 +48,11 @@ def step_progress(event: dict[str, Any]) -> tuple[int, int, dict[str, Any]]:
 def relayed(stage: Stage) -> Iterator[Any]:
     """A Ray queue the rank-0 worker puts its step events on, forwarded to `stage` while the block runs."""
     from ray.util.queue import Empty, Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    events = Queue(actor_options={"num_cpus": 0})
+    # On the driver's node, as Ray Train places its controller: losing another node must not lose the queue.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    events = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
     done = threading.Event()
 
     def relay() -> None:

@@ -108,7 +108,7 @@ def no_answer_found(pattern: str, reals: Sequence[str]) -> str:
 
 
 @contextlib.contextmanager
-def gathered(model: Any) -> Iterator[None]:
+def gathered(model: torch.nn.Module) -> Iterator[None]:
     """Keep an FSDP2 model's parameters gathered from its first forward pass to the end of the block.
 
     FSDP2 all-gathers a layer's parameters before each forward pass and frees them after. Evaluation makes

@@ -14,11 +14,14 @@ import time
 from typing import Any
 
 from services.generator.app import DEPLOYMENT_NAME, generator_app
-from services.generator.schemas import GeneratorArgs, GeneratorInfo, WeightsUpdate
+from services.generator.schemas import GenerateRequest, GenerateResponse, GeneratorArgs, GeneratorInfo, WeightsUpdate
 
 logger = logging.getLogger("spin")
 
 QUIET_LOGS = {"enable_access_log": False, "log_level": "WARNING"}
+# A request whose replica dies with it (its node lost) is sent again: Serve holds it until a replica is back, and
+# seeded requests get the answers the lost replica would have given.
+REPLICA_LOSS_RETRIES = 3
 
 
 def start_serve() -> None:
@@ -33,6 +36,23 @@ def generator_handle(app_name: str) -> Any:
     from ray import serve
 
     return serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=app_name)
+
+
+def generate(handle: Any, request: GenerateRequest, timeout_s: float, sent: Any = None) -> GenerateResponse:
+    """The generator's response to `request` (already `sent`, or sent now), sent again if its replica is lost."""
+    from ray.exceptions import RayActorError
+
+    response = sent if sent is not None else handle.generate.remote(request)
+    for retry in range(REPLICA_LOSS_RETRIES + 1):
+        try:
+            result: GenerateResponse = response.result(timeout_s=timeout_s)
+            return result
+        except RayActorError as e:
+            if retry == REPLICA_LOSS_RETRIES:
+                raise
+            logger.warning("generator replica lost (%s); sending the request again", type(e).__name__)
+            response = handle.generate.remote(request)
+    raise AssertionError("unreachable")
 
 
 def generator_info(app_name: str, timeout_s: float = 60.0) -> GeneratorInfo | None:
