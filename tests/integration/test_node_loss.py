@@ -82,7 +82,7 @@ def test_losing_a_train_workers_node_restarts_the_group_on_the_others(iteration,
     train, expected = outcome["metrics"].train, undisturbed.train
     print(
         f"\ntrain node {killed} lost at step {lost_at}: dead after {dead_s:.1f}s, past step {lost_at} again "
-        f"after {recovered_s:.1f}s; resumed at {train.resumed_at_steps}"
+        f"after {recovered_s or float('nan'):.1f}s; resumed at {train.resumed_at_steps}"
     )
     assert train.resumed_at_steps and all(4 <= s <= lost_at and s % 4 == 0 for s in train.resumed_at_steps)
     assert train.pairs == expected.pairs == 40 and train.steps == expected.steps == 20
@@ -122,7 +122,7 @@ def test_losing_the_generators_node_brings_the_replica_back_on_the_weights_it_se
     stop_serving(app)
     print(
         f"\ngenerator node {killed} lost after {lost_at} prompts: dead after {dead_s:.1f}s, generate ended "
-        f"{generate_s:.1f}s after the loss ({metrics.stage_seconds['generate']:.1f}s in all)"
+        f"{generate_s or float('nan'):.1f}s after the loss ({metrics.stage_seconds['generate']:.1f}s in all)"
     )
     assert nodes.name_of(replica_node) != killed
     assert info is not None and info.model_version == 1  # publish moved the replacement replica in place too
