@@ -29,10 +29,10 @@ def nodes(ray_cluster):
     local.close()
 
 
-def placed(cfg, tmp_path, name, **generator):
+def placed(cfg, tmp_path, name, train=None, **generator):
     """`cfg` in a fresh folder, its generator and Train workers confined to the worker nodes."""
     g = cfg.generator.model_copy(update={"resources": {GENERATE: 1.0}, **generator})
-    t = cfg.train.model_copy(update={"resources_per_worker": {TRAIN: 1.0}})
+    t = cfg.train.model_copy(update={"resources_per_worker": {TRAIN: 1.0}, **(train or {})})
     return cfg.model_copy(update={"storage_uri": str(tmp_path / "storage"), "name": name, "generator": g, "train": t})
 
 
@@ -101,8 +101,9 @@ def test_losing_the_generators_node_brings_the_replica_back_on_the_weights_it_se
     from services.generator.client import generator_info, serve_model, stop_serving
 
     undisturbed_cfg, _, _ = iteration
-    # One caller asking for two prompts at a time: the stage lasts long enough to lose the node mid-way.
-    cfg = placed(undisturbed_cfg, tmp_path, "generator-node-loss", callers=1, prompts_per_request=2)
+    # One caller asking for two prompts at a time: the stage lasts long enough to lose the node mid-way. Two
+    # training steps: only the publish after training matters here.
+    cfg = placed(undisturbed_cfg, tmp_path, "generator-node-loss", {"max_steps": 2}, callers=1, prompts_per_request=2)
     app = generator_app_name(cfg)
     serve_model(generator_args(IterationContext.create(cfg, 0)), app, tiny_model_dir, version=0)
     storage = RunStorage(cfg.storage_uri)
