@@ -68,8 +68,8 @@ def node_alive(node_id: str) -> bool:
 
 
 def actor_nodes(class_name: str) -> list[str]:
-    """The node ids of the live actors of a class (a Serve replica's class name starts `ServeReplica:`)."""
+    """The node ids of the live actors whose class name starts with `class_name` (replicas: `ServeReplica:`)."""
     from ray.util.state import list_actors
 
     actors = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-    return [a.node_id for a in actors if a.class_name == class_name or a.class_name.startswith(class_name)]
+    return [a.node_id for a in actors if a.class_name.startswith(class_name)]

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.k8s.kustomize import render
-from tests.k8s.operator_rules import DEFAULT_GATES, gates_needed, rayjob_errors
+from tests.k8s.operator_rules import DEFAULT_GATES, cluster_specs, gates_needed, rayjob_errors
 
 ROOT = Path(__file__).parents[2]
 K8S = ROOT / "k8s"
@@ -278,15 +278,10 @@ def test_no_secret_values_no_root_and_nothing_exposed():
             assert "resources" in c and c["resources"]["limits"] and c["resources"]["requests"], where
         for pod in pod_specs(o):
             assert pod["securityContext"]["runAsNonRoot"] is True, where
-        for cluster in (
-            o.get("spec", {}),
-            o.get("spec", {}).get("rayClusterSpec"),
-            o.get("spec", {}).get("rayClusterConfig"),
-        ):
-            if cluster and "headGroupSpec" in cluster:
-                assert cluster["authOptions"]["mode"] == "token", f"{where}: the dashboard needs token auth"
-                assert cluster["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP", where
-                assert not cluster["headGroupSpec"].get("enableIngress"), where
+        for cluster in cluster_specs(o):
+            assert cluster["authOptions"]["mode"] == "token", f"{where}: the dashboard needs token auth"
+            assert cluster["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP", where
+            assert not cluster["headGroupSpec"].get("enableIngress"), where
     control = next(o for o in rendered("base") if o["kind"] == "Deployment")
     env = {e["name"]: e for e in control["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["SPIN_API_TOKEN"]["valueFrom"]["secretKeyRef"]
