@@ -1,11 +1,13 @@
-"""An iteration on several Ray nodes survives losing one: worker nodes on this machine (tests/integration/nodes.py)
-host the generator replica and the Train workers, placed there by custom resources, and the node holding one of
-them is killed mid-stage. Nothing finished is redone and no pair is lost or doubled."""
+"""An iteration's stages on several Ray nodes survive losing one: worker nodes on this machine
+(tests/integration/nodes.py) host the generator replica and the Train workers, placed there by custom resources,
+and the node holding one of them is killed mid-stage. Nothing finished is redone and no pair is lost or doubled."""
 
+import json
 import os
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
@@ -29,57 +31,73 @@ def nodes(ray_cluster):
     local.close()
 
 
-def placed(cfg, tmp_path, name, train=None, **generator):
+def placed(cfg, tmp_path, name, **generator):
     """`cfg` in a fresh folder, its generator and Train workers confined to the worker nodes."""
     g = cfg.generator.model_copy(update={"resources": {GENERATE: 1.0}, **generator})
-    t = cfg.train.model_copy(update={"resources_per_worker": {TRAIN: 1.0}, **(train or {})})
+    t = cfg.train.model_copy(update={"resources_per_worker": {TRAIN: 1.0}})
     return cfg.model_copy(update={"storage_uri": str(tmp_path / "storage"), "name": name, "generator": g, "train": t})
 
 
-def run_in_thread(cfg, k):
-    from jobs.iteration import run_iteration
+def stage_in_thread(ctx, name, work):
+    """One stage of the iteration alone, as its controller runs it (status.json included): `work(stage)`."""
+    from jobs.progress import Progress, StatusSink
 
-    outcome = {}
-    runner = threading.Thread(target=lambda: outcome.update(metrics=run_iteration(cfg, k)), daemon=True)
+    outcome, progress = {}, Progress(StatusSink(ctx.storage, ctx.k, every_s=0.5))
+
+    def run():
+        with progress.stage(name) as stage:
+            outcome[name] = work(stage)
+
+    runner = threading.Thread(target=run, daemon=True)
     runner.start()
     return runner, outcome
 
 
 def watch(storage, k, runner, timeout_s=900):
-    """The iteration's status.json, polled until the iteration ends."""
+    """The iteration's status.json, polled until the stage ends."""
     deadline, path = time.monotonic() + timeout_s, storage.status(k)
     while runner.is_alive() and time.monotonic() < deadline:
         yield storage.read_json(path) if os.path.exists(path) else {}
         time.sleep(0.2)
 
 
+def registered_checkpoint(storage, k) -> bool:
+    """Whether Ray Train's controller has registered a checkpoint of the iteration's training: a worker's report
+    reaches the controller only when it next polls the workers, so a node lost before that poll takes the
+    checkpoint with it and the group restarts from the beginning (as a real cluster would)."""
+    from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
+
+    path = os.path.join(storage.train(k), CHECKPOINT_MANAGER_SNAPSHOT_FILENAME)
+    return os.path.exists(path) and json.loads(Path(path).read_text()).get("latest_checkpoint_result") is not None
+
+
 def test_losing_a_train_workers_node_restarts_the_group_on_the_others(iteration, nodes, tmp_path):
-    from jobs.iteration.context import generator_app_name
-    from services.generator.client import stop_serving
+    """Only the train stage runs, on the undisturbed run's pairs: the stages around it do not touch its workers."""
+    from jobs.iteration.context import IterationContext
+    from jobs.iteration.train import run_train
 
     undisturbed_cfg, undisturbed, _ = iteration
     cfg = placed(undisturbed_cfg, tmp_path, "train-node-loss")
-    source, target = RunStorage(undisturbed_cfg.storage_uri), RunStorage(cfg.storage_uri)
-    target.claim(cfg.identity, cfg.fingerprint())  # the pairs of the undisturbed run: only training runs here
+    ctx = IterationContext.create(cfg, 0)
+    source, target = RunStorage(undisturbed_cfg.storage_uri), ctx.storage
     for folder in (source.generations(0), source.pairs(0), source.eval_prompts()):
         shutil.copytree(folder, folder.replace(source.root, target.root))
-    done_before = {p: target.marker(p) for p in (target.generations(0), target.pairs(0))}
 
-    runner, outcome = run_in_thread(cfg, 0)
+    runner, outcome = stage_in_thread(ctx, "train", lambda stage: run_train(ctx, stage))
     killed = lost_at = recovered_s = dead_s = None
     for status in watch(target, 0, runner):
         completed = status.get("completed") or 0
-        if killed is None and status.get("stage") == "train" and 5 <= completed <= 14:  # checkpoints every 4
+        training = status.get("stage") == "train"
+        if killed is None and training and 5 <= completed <= 18 and registered_checkpoint(target, 0):  # every 4
             workers = actor_nodes("RayTrainWorker")
             assert len(workers) == 2 and all(nodes.name_of(n).startswith("train-") for n in workers)
             killed, lost_at, started = nodes.name_of(workers[0]), completed, time.monotonic()
             dead_s = nodes.kill(killed)
-        elif killed and recovered_s is None and status.get("stage") == "train" and completed > lost_at:
+        elif killed and recovered_s is None and training and completed > lost_at:
             recovered_s = time.monotonic() - started
     runner.join(timeout=60)
-    stop_serving(generator_app_name(cfg))
     assert killed is not None, "training ended before a node could be killed: the test proved nothing"
-    train, expected = outcome["metrics"].train, undisturbed.train
+    train, expected = outcome["train"], undisturbed.train
     print(
         f"\ntrain node {killed} lost at step {lost_at}: dead after {dead_s:.1f}s, past step {lost_at} again "
         f"after {recovered_s or float('nan'):.1f}s; resumed at {train.resumed_at_steps}"
@@ -88,49 +106,53 @@ def test_losing_a_train_workers_node_restarts_the_group_on_the_others(iteration,
     assert train.pairs == expected.pairs == 40 and train.steps == expected.steps == 20
     assert [h.step for h in train.history] == list(range(1, 21))
     assert target.is_complete(target.model(0))
-    assert {p: target.marker(p) for p in done_before} == done_before  # generate and score not redone
 
 
 def test_losing_the_generators_node_brings_the_replica_back_on_the_weights_it_served(
     iteration, nodes, tiny_model_dir, tmp_path
 ):
     """The replica is first deployed on other weights (the untrained tiny model) and moved in place to the SFT
-    model by the iteration, so a replica that came back on its deployment's arguments rather than its last
-    user_config would answer differently from the undisturbed run."""
+    model by the generate stage, so a replica that came back on its deployment's arguments rather than its last
+    user_config would answer differently from the undisturbed run. Only the generate stage runs, and a publish
+    after it: the later stages do not touch the generator until then."""
     from jobs.iteration.context import IterationContext, generator_app_name, generator_args
+    from jobs.iteration.generate import run_generate
     from services.generator.client import generator_info, serve_model, stop_serving
 
-    undisturbed_cfg, _, _ = iteration
-    # One caller asking for two prompts at a time: the stage lasts long enough to lose the node mid-way. Two
-    # training steps: only the publish after training matters here.
-    cfg = placed(undisturbed_cfg, tmp_path, "generator-node-loss", {"max_steps": 2}, callers=1, prompts_per_request=2)
-    app = generator_app_name(cfg)
-    serve_model(generator_args(IterationContext.create(cfg, 0)), app, tiny_model_dir, version=0)
-    storage = RunStorage(cfg.storage_uri)
-    runner, outcome = run_in_thread(cfg, 0)
+    undisturbed_cfg, undisturbed, _ = iteration
+    # One caller asking for two prompts at a time: the stage lasts long enough to lose the node mid-way.
+    cfg = placed(undisturbed_cfg, tmp_path, "generator-node-loss", callers=1, prompts_per_request=2)
+    app, ctx = generator_app_name(cfg), IterationContext.create(cfg, 0)
+    serve_model(generator_args(ctx), app, tiny_model_dir, version=0)
+
+    def generate(stage):
+        ctx.serve(ctx.model_uri, version=0)
+        return run_generate(ctx, stage)
+
+    runner, outcome = stage_in_thread(ctx, "generate", generate)
     killed = lost_at = dead_s = generate_s = None
-    for status in watch(storage, 0, runner):
+    for status in watch(ctx.storage, 0, runner):
         if killed is None and status.get("stage") == "generate" and (status.get("completed") or 0) >= 4:
             (replica_node,) = actor_nodes("ServeReplica:" + app)
             killed, lost_at, started = nodes.name_of(replica_node), status["completed"], time.monotonic()
             dead_s = nodes.kill(killed)
-        elif killed and generate_s is None and storage.is_complete(storage.generations(0)):
-            generate_s = time.monotonic() - started
     runner.join(timeout=60)
+    generate_s = time.monotonic() - started if killed else None
     assert killed is not None, "generation ended before its node could be killed: the test proved nothing"
-    metrics, info = outcome["metrics"], generator_info(app)
+    ctx.serve(tiny_model_dir, version=1)  # what publish does after training
+    info = generator_info(app)
     (replica_node,) = actor_nodes("ServeReplica:" + app)
     stop_serving(app)
     print(
         f"\ngenerator node {killed} lost after {lost_at} prompts: dead after {dead_s:.1f}s, generate ended "
-        f"{generate_s or float('nan'):.1f}s after the loss ({metrics.stage_seconds['generate']:.1f}s in all)"
+        f"{generate_s:.1f}s after the loss"
     )
     assert nodes.name_of(replica_node) != killed
-    assert info is not None and info.model_version == 1  # publish moved the replacement replica in place too
-    mine = storage.read_table(storage.generations(0))
-    source = RunStorage(undisturbed_cfg.storage_uri)
-    theirs = source.read_table(source.generations(0))
-    assert mine.num_rows == theirs.num_rows == metrics.generate.rows == source.marker(source.generations(0))["rows"]
+    assert info is not None and (info.model_path, info.model_version) == (tiny_model_dir, 1)  # moved in place
+    storage, source = ctx.storage, RunStorage(undisturbed_cfg.storage_uri)
+    mine, theirs = storage.read_table(storage.generations(0)), source.read_table(source.generations(0))
+    generation = outcome["generate"]
+    assert mine.num_rows == theirs.num_rows == generation.rows == undisturbed.generate.rows
     assert pc.count_distinct(mine.column("prompt_id")).as_py() == mine.num_rows  # one record per prompt
     answers = [dict(zip(t["prompt_id"].to_pylist(), t["generated"].to_pylist(), strict=True)) for t in (mine, theirs)]
     assert answers[0] == answers[1], "the replacement replica answered with other weights"
