@@ -1,0 +1,22 @@
+"""The end-to-end bench's rows across prompt counts (the smoke run measures one count only)."""
+
+import pytest
+
+from tests.bench.bench_e2e import rows
+
+
+def measured(wall_s: float, peak_mb: float) -> dict:
+    return {
+        "iteration": {"wall_s": wall_s, "peak_memory_mb": peak_mb},
+        "bare_generation": {"seconds": 2.0, "startup_s": 1.0},
+        "bare_training": {"score_seconds": 1.0, "seconds": 2.0},
+    }
+
+
+def test_growth_is_read_against_the_smallest_count():
+    table = {(r.case, r.metric): r for r in rows({"8": measured(12.0, 100.0), "32": measured(24.0, 150.0)})}
+    assert table[("8 prompts", "wall time")].ratio == pytest.approx(12.0 / 6.0)
+    assert table[("32 prompts", "wall time")].ratio == pytest.approx(24.0 / 6.0)
+    assert table[("32 prompts", "time growth / prompt growth")].value == pytest.approx((24.0 / 12.0) / 4)
+    assert table[("32 prompts", "peak memory / at 8")].value == pytest.approx(1.5)
+    assert ("8 prompts", "time growth / prompt growth") not in table
