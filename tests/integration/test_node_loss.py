@@ -2,18 +2,15 @@
 (tests/integration/nodes.py) host the generator replica and the Train workers, placed there by custom resources,
 and the node holding one of them is killed mid-stage. Nothing finished is redone and no pair is lost or doubled."""
 
-import json
-import os
 import shutil
-import threading
 import time
-from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
 
 from jobs.storage import RunStorage
 from tests.integration.nodes import LocalNodes, actor_nodes
+from tests.integration.stages import registered_checkpoint, stage_in_thread, watch
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1800)]
 GENERATE, TRAIN = "spin_generate", "spin_train"
@@ -36,39 +33,6 @@ def placed(cfg, tmp_path, name, **generator):
     g = cfg.generator.model_copy(update={"resources": {GENERATE: 1.0}, **generator})
     t = cfg.train.model_copy(update={"resources_per_worker": {TRAIN: 1.0}})
     return cfg.model_copy(update={"storage_uri": str(tmp_path / "storage"), "name": name, "generator": g, "train": t})
-
-
-def stage_in_thread(ctx, name, work):
-    """One stage of the iteration alone, as its controller runs it (status.json included): `work(stage)`."""
-    from jobs.progress import Progress, StatusSink
-
-    outcome, progress = {}, Progress(StatusSink(ctx.storage, ctx.k, every_s=0.5))
-
-    def run():
-        with progress.stage(name) as stage:
-            outcome[name] = work(stage)
-
-    runner = threading.Thread(target=run, daemon=True)
-    runner.start()
-    return runner, outcome
-
-
-def watch(storage, k, runner, timeout_s=900):
-    """The iteration's status.json, polled until the stage ends."""
-    deadline, path = time.monotonic() + timeout_s, storage.status(k)
-    while runner.is_alive() and time.monotonic() < deadline:
-        yield storage.read_json(path) if os.path.exists(path) else {}
-        time.sleep(0.2)
-
-
-def registered_checkpoint(storage, k) -> bool:
-    """Whether Ray Train's controller has registered a checkpoint of the iteration's training: a worker's report
-    reaches the controller only when it next polls the workers, so a node lost before that poll takes the
-    checkpoint with it and the group restarts from the beginning (as a real cluster would)."""
-    from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
-
-    path = os.path.join(storage.train(k), CHECKPOINT_MANAGER_SNAPSHOT_FILENAME)
-    return os.path.exists(path) and json.loads(Path(path).read_text()).get("latest_checkpoint_result") is not None
 
 
 def test_losing_a_train_workers_node_restarts_the_group_on_the_others(iteration, nodes, tmp_path):
