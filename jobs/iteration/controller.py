@@ -8,6 +8,7 @@
     publish   the generator moves to model k+1 without a restart
     evaluate  model k+1 on the validation and test prompts, prompt by prompt      → iter_k/evaluation/
     record    what was measured                                                    → iter_k/metrics.json
+    cards     Hugging Face cards of the model and of its pairs                     → iter_k/{model,pairs}/README.md
 
 Each stage's output is committed atomically and skipped when already complete, so a re-run resumes where
 a crash stopped and a finished iteration is never redone.
@@ -26,6 +27,7 @@ from jobs.iteration.score import run_score
 from jobs.iteration.train import run_train
 from jobs.metrics import Evaluation, IterationMetrics
 from jobs.progress import Progress, StatusSink
+from jobs.report.cards import write_cards
 
 logger = logging.getLogger("spin")
 
@@ -41,6 +43,7 @@ def run_iteration(cfg: SpinConfig, k: int, progress: Progress | None = None) -> 
     progress.sinks += [status, MetricsSink(cfg.name, k)]
     metrics = _run_stages(ctx, progress, status)
     ctx.storage.write_json(ctx.storage.metrics(k), metrics.model_dump(mode="json"))
+    write_cards(cfg, k)  # from what metrics.json now records
     return metrics
 
 
