@@ -186,14 +186,16 @@ class RunStorage:
             pq.write_table(table, f)
         self.commit(staging, path, {"rows": table.num_rows, **(meta or {})})
 
-    def read_table(self, path: str) -> pa.Table:
-        """A committed folder of Parquet parts as one table; a folder without its marker is refused."""
+    def read_table(self, path: str, columns: list[str] | None = None) -> pa.Table:
+        """A committed folder of Parquet parts as one table (`columns` only, if given); a folder without its
+        marker is refused."""
         if not self.is_complete(path):
             raise FileNotFoundError(f"{self.uri_of(path)} is missing or incomplete (no {MARKER} marker)")
         parts = sorted(
             info.path for info in self.fs.get_file_info(pafs.FileSelector(path)) if info.base_name.endswith(".parquet")
         )
-        return pa.concat_tables([pq.read_table(p, filesystem=self.fs) for p in parts]) if parts else pa.table({})
+        tables = [pq.read_table(p, filesystem=self.fs, columns=columns) for p in parts]
+        return pa.concat_tables(tables) if parts else pa.table({})
 
     # --- small files --------------------------------------------------------------------------------
     def write_json(self, path: str, obj: Any) -> None:

@@ -20,6 +20,7 @@ from jobs.storage import RunStorage
 PAPER = "arxiv:2401.01335"  # Chen et al. 2024, Self-Play Fine-Tuning Converts Weak Language Models to Strong ones
 TAGS = ["spin", "self-play", "dpo", "text-generation"]
 LIBRARIES = ("torch", "transformers", "vllm", "ray")
+FINGERPRINTED = ["prompt_id", "real", "generated"]  # the text of the pairs; their token ids follow from it
 
 
 def versions() -> dict[str, str]:
@@ -34,7 +35,7 @@ def versions() -> dict[str, str]:
 
 def pairs_fingerprint(pairs: pa.Table) -> str:
     """A digest of the pairs' prompts and both answers, in prompt order: equal pairs, equal fingerprint."""
-    rows = sorted(zip(*(pairs.column(c).to_pylist() for c in ("prompt_id", "real", "generated")), strict=True))
+    rows = sorted(zip(*(pairs.column(c).to_pylist() for c in FINGERPRINTED), strict=True))
     return "sha256-" + hashlib.sha256(repr(rows).encode()).hexdigest()[:32]
 
 
@@ -68,7 +69,8 @@ def model_card(cfg: SpinConfig, metrics: IterationMetrics, fingerprint: str, com
     else:
         lines.append(
             f"Test split, {e.test.prompts} prompts none of its training saw (the validation split made every choice): "
-            f"task metric {e.test.task_metric}, real answers' NLL {e.test.nll:.4f} per token."
+            f"task metric {'n/a' if e.test.task_metric is None else f'{e.test.task_metric:.4f}'}, "
+            f"real answers' NLL {e.test.nll:.4f} per token."
         )
         lines += ["", "Paired comparisons (95% paired bootstrap interval, exact McNemar p):", ""]
         mine = [c for c in compared if c.model == f"SPIN iteration {k}"]
@@ -104,7 +106,7 @@ def write_cards(cfg: SpinConfig, k: int) -> None:
     """The cards of iteration k's model and pairs, from what its metrics.json and evaluation recorded."""
     storage = RunStorage(cfg.storage_uri)
     metrics = IterationMetrics.model_validate(storage.read_json(storage.metrics(k)))
-    fingerprint = pairs_fingerprint(storage.read_table(storage.pairs(k)))
+    fingerprint = pairs_fingerprint(storage.read_table(storage.pairs(k), FINGERPRINTED))
     compared = comparisons(load_run(cfg.storage_uri))
     storage.write_text(f"{storage.model(k)}/README.md", str(model_card(cfg, metrics, fingerprint, compared)))
     storage.write_text(f"{storage.pairs(k)}/README.md", str(pairs_card(cfg, metrics, fingerprint)))
