@@ -10,7 +10,8 @@ import pytest
 from jobs.storage import RunStorage
 from tests.integration.stages import registered_checkpoint, stage_in_thread, watch
 
-pytestmark = [pytest.mark.ray, pytest.mark.vllm]
+# The first user of the session's `iteration` fixture: its timeout covers building that too.
+pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.timeout(1800)]
 
 
 def train_workers():
