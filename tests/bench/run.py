@@ -3,7 +3,7 @@
 python -m tests.bench.run                       # all benches, SmolLM2-135M (what `make bench` runs)
 python -m tests.bench.run generation training   # some of them
 python -m tests.bench.run --smoke               # tiny sizes: proves the harness works (CI)
-python -m tests.bench.run effect                # SPIN vs SFT vs continued SFT on SmolLM2 (1.5 h or more)
+python -m tests.bench.run effect                # SPIN vs SFT vs continued SFT on SmolLM2 (about 2.5 h)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tests.bench import bench_e2e, bench_effect, bench_generation, bench_trainin
 from tests.bench.common import ROOT, Row, Size, markdown_table, print_table, run_case
 
 BENCHES = ("generation", "training", "e2e")  # what `make bench` runs
-OPT_IN = ("effect",)  # asked for by name: a job of 1.5 hours or more on 2 cores
+OPT_IN = ("effect",)  # asked for by name: a job of about 2.5 hours on 2 cores
 app = typer.Typer(add_completion=False)
 
 
