@@ -1,6 +1,8 @@
 """Hugging Face cards for what an iteration publishes: `iter_k/model/README.md` (how the model was made and what it
-scored, with intervals) and `iter_k/pairs/README.md` (the synthetic preference data it trained on). Both carry YAML
-card data, so the Hub and `huggingface_hub.ModelCard.load` read them as any other checkpoint's card."""
+scored, with intervals) and `iter_k/pairs/_README.md` (the synthetic preference data it trained on). Both carry YAML
+card data, so the Hub and `huggingface_hub.ModelCard.load` read them as any other checkpoint's card. The pairs' card
+starts with `_` because Parquet readers (pyarrow, pandas) skip such files when reading a folder, and would fail on
+a README.md; uploaded as a dataset, it is renamed README.md."""
 
 from __future__ import annotations
 
@@ -109,4 +111,8 @@ def write_cards(cfg: SpinConfig, k: int) -> None:
     fingerprint = pairs_fingerprint(storage.read_table(storage.pairs(k), FINGERPRINTED))
     compared = comparisons(load_run(cfg.storage_uri))
     storage.write_text(f"{storage.model(k)}/README.md", str(model_card(cfg, metrics, fingerprint, compared)))
-    storage.write_text(f"{storage.pairs(k)}/README.md", str(pairs_card(cfg, metrics, fingerprint)))
+    storage.write_text(pairs_card_path(storage, k), str(pairs_card(cfg, metrics, fingerprint)))
+
+
+def pairs_card_path(storage: RunStorage, k: int) -> str:
+    return f"{storage.pairs(k)}/_README.md"

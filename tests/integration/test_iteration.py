@@ -225,12 +225,14 @@ def test_the_published_model_is_the_best_validation_checkpoint(iteration):
 def test_the_published_model_and_its_pairs_carry_cards(iteration):
     from huggingface_hub import DatasetCard, ModelCard
 
+    from jobs.report.cards import pairs_card_path
+
     cfg, metrics, _ = iteration
     storage = RunStorage(cfg.storage_uri)
     card = ModelCard.load(f"{storage.model(0)}/README.md")
     assert card.data.base_model == metrics.model_in and "spin" in card.data.tags
     assert f"on {TEST} test prompts" in card.text  # the comparison with the SFT model, on the test split
-    assert "synthetic" in DatasetCard.load(f"{storage.pairs(0)}/README.md").data.tags
+    assert "synthetic" in DatasetCard.load(pairs_card_path(storage, 0)).data.tags
 
 
 def test_prometheus_serves_the_runs_metrics(iteration, scraped):
