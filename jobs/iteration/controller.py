@@ -8,7 +8,7 @@
     publish   the generator moves to model k+1 without a restart
     evaluate  model k+1 on the validation and test prompts, prompt by prompt      → iter_k/evaluation/
     record    what was measured                                                    → iter_k/metrics.json
-    cards     Hugging Face cards of the model and of its pairs                     → iter_k/{model,pairs}/README.md
+    cards     Hugging Face cards of the model and of its pairs     → iter_k/model/README.md, iter_k/pairs/_README.md
 
 Each stage's output is committed atomically and skipped when already complete, so a re-run resumes where
 a crash stopped and a finished iteration is never redone.

@@ -49,8 +49,8 @@ def model_card(cfg: SpinConfig, metrics: IterationMetrics, fingerprint: str, com
         f"# {cfg.name}: SPIN iteration {k}",
         "",
         f"`{metrics.model_in}` after iteration {k} of SPIN (self-play fine-tuning, {PAPER}): the model answered the "
-        "SFT prompts itself and learned to prefer the human answers over its own, against itself as the frozen "
-        "reference.",
+        "SFT prompts itself and learned to prefer the human answers over its own, its weights before the iteration "
+        "being the frozen reference.",
         "",
         "## Training",
         "",
