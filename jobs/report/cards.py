@@ -106,10 +106,10 @@ def pairs_card(cfg: SpinConfig, metrics: IterationMetrics, fingerprint: str) -> 
 
 def write_cards(cfg: SpinConfig, k: int) -> None:
     """The cards of iteration k's model and pairs, from what its metrics.json and evaluation recorded."""
-    storage = RunStorage(cfg.storage_uri)
-    metrics = IterationMetrics.model_validate(storage.read_json(storage.metrics(k)))
+    storage, record = RunStorage(cfg.storage_uri), load_run(cfg.storage_uri)
+    metrics = record.iterations[k]
     fingerprint = pairs_fingerprint(storage.read_table(storage.pairs(k), FINGERPRINTED))
-    compared = comparisons(load_run(cfg.storage_uri))
+    compared = comparisons(record)
     storage.write_text(f"{storage.model(k)}/README.md", str(model_card(cfg, metrics, fingerprint, compared)))
     storage.write_text(pairs_card_path(storage, k), str(pairs_card(cfg, metrics, fingerprint)))
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -38,3 +39,17 @@ def registered_checkpoint(storage, k) -> bool:
 
     path = os.path.join(storage.train(k), CHECKPOINT_MANAGER_SNAPSHOT_FILENAME)
     return os.path.exists(path) and json.loads(Path(path).read_text()).get("latest_checkpoint_result") is not None
+
+
+def train_on_the_pairs_of(undisturbed_cfg, cfg):
+    """The train stage of `cfg`'s iteration 0 alone, on the generations and pairs the undisturbed run made."""
+    from jobs.iteration.context import IterationContext
+    from jobs.iteration.train import run_train
+    from jobs.storage import RunStorage
+
+    ctx = IterationContext.create(cfg, 0)
+    source, target = RunStorage(undisturbed_cfg.storage_uri), ctx.storage
+    for folder in (source.generations(0), source.pairs(0), source.eval_prompts()):
+        shutil.copytree(folder, folder.replace(source.root, target.root))
+    runner, outcome = stage_in_thread(ctx, "train", lambda stage: run_train(ctx, stage))
+    return target, runner, outcome

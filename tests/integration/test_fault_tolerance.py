@@ -2,13 +2,11 @@
 checkpoint, and training ends exactly as an undisturbed one does."""
 
 import os
-import shutil
 import signal
 
 import pytest
 
-from jobs.storage import RunStorage
-from tests.integration.stages import registered_checkpoint, stage_in_thread, watch
+from tests.integration.stages import registered_checkpoint, train_on_the_pairs_of, watch
 
 # The first user of the session's `iteration` fixture: its timeout covers building that too.
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.timeout(1800)]
@@ -22,17 +20,9 @@ def train_workers():
 
 def test_killing_a_training_worker_resumes_from_its_checkpoint(iteration, tmp_path):
     """Only the train stage runs, on the undisturbed run's pairs."""
-    from jobs.iteration.context import IterationContext
-    from jobs.iteration.train import run_train
-
     undisturbed_cfg, undisturbed, _ = iteration
     cfg = undisturbed_cfg.model_copy(update={"storage_uri": str(tmp_path / "storage"), "name": "fault"})
-    ctx = IterationContext.create(cfg, 0)
-    source, target = RunStorage(undisturbed_cfg.storage_uri), ctx.storage
-    for folder in (source.generations(0), source.pairs(0), source.eval_prompts()):
-        shutil.copytree(folder, folder.replace(source.root, target.root))
-
-    runner, outcome = stage_in_thread(ctx, "train", lambda stage: run_train(ctx, stage))
+    target, runner, outcome = train_on_the_pairs_of(undisturbed_cfg, cfg)
     killed = None
     for status in watch(target, 0, runner, timeout_s=600):
         # Past a checkpoint Ray Train has registered (every 4 steps) and before the end (20 steps).

@@ -2,7 +2,6 @@
 (tests/integration/nodes.py) host the generator replica and the Train workers, placed there by custom resources,
 and the node holding one of them is killed mid-stage. Nothing finished is redone and no pair is lost or doubled."""
 
-import shutil
 import time
 
 import pyarrow.compute as pc
@@ -10,7 +9,7 @@ import pytest
 
 from jobs.storage import RunStorage
 from tests.integration.nodes import LocalNodes, actor_nodes
-from tests.integration.stages import registered_checkpoint, stage_in_thread, watch
+from tests.integration.stages import registered_checkpoint, stage_in_thread, train_on_the_pairs_of, watch
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1800)]
 GENERATE, TRAIN = "spin_generate", "spin_train"
@@ -37,17 +36,9 @@ def placed(cfg, tmp_path, name, **generator):
 
 def test_losing_a_train_workers_node_restarts_the_group_on_the_others(iteration, nodes, tmp_path):
     """Only the train stage runs, on the undisturbed run's pairs: the stages around it do not touch its workers."""
-    from jobs.iteration.context import IterationContext
-    from jobs.iteration.train import run_train
-
     undisturbed_cfg, undisturbed, _ = iteration
     cfg = placed(undisturbed_cfg, tmp_path, "train-node-loss")
-    ctx = IterationContext.create(cfg, 0)
-    source, target = RunStorage(undisturbed_cfg.storage_uri), ctx.storage
-    for folder in (source.generations(0), source.pairs(0), source.eval_prompts()):
-        shutil.copytree(folder, folder.replace(source.root, target.root))
-
-    runner, outcome = stage_in_thread(ctx, "train", lambda stage: run_train(ctx, stage))
+    target, runner, outcome = train_on_the_pairs_of(undisturbed_cfg, cfg)
     killed = lost_at = recovered_s = dead_s = None
     for status in watch(target, 0, runner):
         completed = status.get("completed") or 0
