@@ -187,6 +187,13 @@ class TrainConfig(Strict):
     # Custom Ray resources each Train worker needs, to put workers on the nodes that advertise them.
     resources_per_worker: dict[str, float] = Field(default_factory=dict)
     precision: Literal["bf16", "fp32"] = "bf16"
+    # Response tokens per LM-head block: the log-probs never hold the (rows, length, vocabulary) logits, whose
+    # fp32 copy, softmax and gradient were the largest activations of SmolLM2-135M's update (vocabulary 49,152).
+    # None: the model's full logits (for heads that are not a plain linear map).
+    logprob_chunk_tokens: int | None = Field(512, ge=1)
+    # Recompute each decoder layer's activations in backward instead of keeping them (transformers' gradient
+    # checkpointing): less memory for one more forward pass.
+    activation_checkpointing: bool = False
     checkpoint_every_steps: int = Field(100, ge=1)
     max_failures: int = Field(3, ge=-1, description="Worker-group restarts before the iteration fails (-1: no limit).")
     seed: int = 42

@@ -35,6 +35,7 @@ class ScorerSpec(BaseModel):
     micro_batch_size: int
     use_gpu: bool
     mask_after_divergence: bool = False
+    logprob_chunk_tokens: int | None = None  # the trainer's, so reference and policy are computed alike
 
 
 class ReferenceScorer:
@@ -58,7 +59,7 @@ class ReferenceScorer:
                 with_reference=False,
                 mask_after_divergence=self.spec.mask_after_divergence,
             )
-            real, generated, _ = policy_logps(self.model, pairs)
+            real, generated, _ = policy_logps(self.model, pairs, self.spec.logprob_chunk_tokens)
             ref_real += real.double().tolist()
             ref_generated += generated.double().tolist()
         batch = batch.append_column("ref_logp_real", pa.array(ref_real, pa.float64()))
@@ -96,6 +97,7 @@ def _score(
         micro_batch_size=t.micro_batch_size,
         use_gpu=t.use_gpu,
         mask_after_divergence=t.mask_after_divergence,
+        logprob_chunk_tokens=t.logprob_chunk_tokens,
     )
     resources: dict[str, Any] = {"num_gpus": 1} if t.use_gpu else {"num_cpus": 1.0}
     pairs = records.map_batches(

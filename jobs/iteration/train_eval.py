@@ -35,7 +35,7 @@ def validation_diagnostics(model: Any, batches: Sequence[PairBatch], train: Trai
     logps_real, tokens_real = [], []
     for batch in batches:
         assert batch.ref_logps_real is not None and batch.ref_logps_generated is not None
-        real, generated, tokens = policy_logps(model, batch)
+        real, generated, tokens = policy_logps(model, batch, train.logprob_chunk_tokens)
         out = spin_loss(
             real, generated, batch.ref_logps_real, batch.ref_logps_generated, beta=train.beta, loss_type=train.loss_type
         )

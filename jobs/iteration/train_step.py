@@ -10,7 +10,7 @@ import torch
 
 from jobs.config import TrainConfig
 from jobs.spin.collate import PairBatch, collate_pairs, pad_sequences
-from jobs.spin.logprobs import sequence_logps
+from jobs.spin.logprobs import sequence_logps, sequence_logps_from_hidden
 from jobs.spin.loss import spin_objective
 from jobs.spin.metrics import pair_metric_sums
 from jobs.spin.pairs import scored_generated_length
@@ -44,32 +44,66 @@ def pair_batch(
     ).to(device)
 
 
-def policy_logps(model: Any, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Summed response log-probs of the real and generated rows in one forward pass.
+def _lm_head_weight(model: Any) -> torch.Tensor:
+    """The weight of a plain linear LM head (no bias, no logit scaling or soft-capping), which the chunked
+    log-probs assume; any other head is named in the error."""
+    head, config = model.get_output_embeddings(), model.config
+    altered = [a for a in ("final_logit_softcapping", "logit_scale") if getattr(config, a, None) not in (None, 1.0)]
+    if getattr(head, "bias", None) is not None or altered:
+        raise ValueError(
+            f"{type(model).__name__}'s LM head is not a plain linear map (bias or {altered or 'bias'}); "
+            "set train.logprob_chunk_tokens: null to compute log-probs from its full logits"
+        )
+    weight: torch.Tensor = head.weight
+    return weight
+
+
+def _summed_logps(
+    model: Any,
+    ids: torch.Tensor,
+    attention: torch.Tensor,
+    positions: torch.Tensor,
+    loss_mask: torch.Tensor,
+    chunk: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs and response tokens per row. With `chunk`, the model's forward stops at the
+    last hidden states (logits for one position only) and the LM head runs `chunk` response tokens at a time,
+    so the (rows, length, vocabulary) logits are never held; without it, from the full logits."""
+    kwargs = {"input_ids": ids, "attention_mask": attention, "position_ids": positions, "use_cache": False}
+    if chunk is None:
+        return sequence_logps(model(**kwargs).logits, ids, loss_mask)
+    hidden = model(**kwargs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+    return sequence_logps_from_hidden(hidden, _lm_head_weight(model), ids, loss_mask, chunk)
+
+
+def policy_logps(
+    model: Any, batch: PairBatch, chunk: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed response log-probs of the real and generated rows in one forward pass (`chunk`: as in
+    `_summed_logps`, the train config's `logprob_chunk_tokens`).
 
     Returns (log p(real) (B,), log p(generated) (B,), response tokens (2B,)).
     """
-    logits = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        use_cache=False,
-    ).logits
-    logps, tokens = sequence_logps(logits, batch.input_ids, batch.loss_mask)
+    logps, tokens = _summed_logps(
+        model, batch.input_ids, batch.attention_mask, batch.position_ids, batch.loss_mask, chunk
+    )
     b = batch.num_pairs
     return logps[:b], logps[b:], tokens
 
 
 def response_logps(
-    model: Any, batch: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, device: torch.device | str = "cpu"
+    model: Any,
+    batch: Sequence[tuple[Sequence[int], Sequence[int]]],
+    pad_id: int,
+    device: torch.device | str = "cpu",
+    chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of each (prompt, response)'s response given its prompt, and its response tokens, each (B,):
     the SFT loss's forward pass, and how every evaluated model's likelihood of the real answers is measured."""
     ids, attention, positions, loss_mask = (
         t.to(device) for t in pad_sequences([p for p, _ in batch], [r for _, r in batch], pad_id)
     )
-    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False).logits
-    return sequence_logps(logits, ids, loss_mask)
+    return _summed_logps(model, ids, attention, positions, loss_mask, chunk)
 
 
 def spin_forward(
@@ -79,7 +113,7 @@ def spin_forward(
     whose rows are all pairs, this iteration's (fresh) and the previous iteration's (`carried`, a (B,) mask)."""
     if batch.ref_logps_real is None or batch.ref_logps_generated is None:
         raise ValueError("the batch has no reference log-probs; run the score stage first")
-    real, generated, tokens = policy_logps(model, batch)
+    real, generated, tokens = policy_logps(model, batch, train.logprob_chunk_tokens)
     b = batch.num_pairs
     out = spin_objective(
         real,

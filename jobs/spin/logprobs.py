@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -42,3 +44,79 @@ def sequence_logps(
     """
     mask = loss_mask[:, 1:].to(torch.float32)
     return (token_logps(logits, input_ids) * mask).sum(-1), mask.sum(-1)
+
+
+class _ChunkedTokenLogps(torch.autograd.Function):
+    """log p(target) = h·w_y − logsumexp(h·Wᵀ) for each row of `hidden`, the LM head applied `chunk` rows at a time.
+
+    Only `hidden`, the head's weight and the targets are kept for backward; the backward pass recomputes each
+    chunk's logits. Peak memory is one (chunk, V) block instead of the (N, V) logits, their softmax and their
+    gradient, at the price of a second LM-head matmul per chunk.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int
+    ) -> torch.Tensor:
+        device = hidden.device.type
+        # The head runs in the dtype autocast would give it; the backward pass (which autocast does not cover)
+        # recomputes in the same one.
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        exact = torch.promote_types(dtype, torch.float32)  # softmax and sums never below fp32
+        out = torch.empty(hidden.shape[0], dtype=exact, device=hidden.device)
+        w = weight.to(dtype)
+        with torch.autocast(device, enabled=False):
+            for start in range(0, hidden.shape[0], chunk):
+                logits = (hidden[start : start + chunk].to(dtype) @ w.T).to(exact)
+                picked = logits.gather(-1, targets[start : start + chunk].unsqueeze(-1)).squeeze(-1)
+                out[start : start + chunk] = picked - torch.logsumexp(logits, dim=-1)
+        ctx.save_for_backward(hidden, weight, targets)
+        ctx.chunk, ctx.dtype = chunk, dtype
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+        hidden, weight, targets = ctx.saved_tensors
+        chunk, dtype = ctx.chunk, ctx.dtype
+        exact = torch.promote_types(dtype, torch.float32)
+        want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=exact, device=weight.device) if want_weight else None
+        w = weight.to(dtype)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, hidden.shape[0], chunk):
+                h = hidden[start : start + chunk].to(dtype)
+                g = grad_out[start : start + chunk].to(exact).unsqueeze(-1)
+                # d(logit_y − logsumexp)/d logits = onehot(y) − softmax(logits)
+                grad_logits = torch.softmax((h @ w.T).to(exact), dim=-1).mul_(-g)
+                grad_logits.scatter_add_(-1, targets[start : start + chunk].unsqueeze(-1), g)
+                grad_logits = grad_logits.to(dtype)
+                if grad_hidden is not None:
+                    grad_hidden[start : start + chunk] = (grad_logits @ w).to(hidden.dtype)
+                if grad_weight is not None:
+                    grad_weight.addmm_(grad_logits.T.to(exact), h.to(exact))
+        return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None
+
+
+def sequence_logps_from_hidden(
+    hidden: torch.Tensor, head_weight: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sequence_logps` from the last hidden states and the LM head's weight (a linear head without bias), never
+    holding more than `chunk` tokens' logits: only the response tokens' positions go through the head.
+
+    Args:
+        hidden: (B, T, H) final hidden states (after the last norm), where position t predicts token t+1.
+        head_weight: (V, H) the LM head's weight.
+        input_ids, loss_mask: as for `sequence_logps`.
+        chunk: tokens per LM-head block.
+
+    Returns:
+        (sum of log-probs (B,), number of response tokens (B,)), equal to `sequence_logps` on the head's logits.
+    """
+    mask = loss_mask[:, 1:]
+    rows = mask.nonzero()[:, 0]
+    token: torch.Tensor = _ChunkedTokenLogps.apply(  # type: ignore[no-untyped-call]
+        hidden[:, :-1][mask], head_weight, input_ids[:, 1:][mask], chunk
+    )
+    sums = torch.zeros(hidden.shape[0], dtype=token.dtype, device=hidden.device).index_add(0, rows, token)
+    return sums, mask.sum(-1).to(torch.float32)

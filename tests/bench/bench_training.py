@@ -255,8 +255,8 @@ def losses_on_first_batch(size: Size, loss_types: list[str]) -> dict[str, dict[s
         pad = pad_id(load_tokenizer(model_dir))
         policy = load_causal_lm(model_dir, "float32")
         with torch.no_grad():
-            ref_real, ref_generated, _ = policy_logps(
-                load_causal_lm(tmp, "float32"), collate_pairs(*columns, pad_id=pad)
+            ref_real, ref_generated, _ = policy_logps(  # as the score stage computes them
+                load_causal_lm(tmp, "float32"), collate_pairs(*columns, pad_id=pad), TRAIN.logprob_chunk_tokens
             )
             pb = collate_pairs(*columns, pad_id=pad, ref_logps_real=ref_real, ref_logps_generated=ref_generated)
             for loss_type in loss_types:

@@ -1,7 +1,7 @@
 import torch
 
 from jobs.spin.collate import pad_sequences
-from jobs.spin.logprobs import sequence_logps
+from jobs.spin.logprobs import sequence_logps, sequence_logps_from_hidden
 
 
 def _independent_sum(logits: torch.Tensor, ids: list[int], response_start: int) -> float:
@@ -63,3 +63,44 @@ def test_left_and_right_padding_give_the_same_masks_and_value():
     value_right, _ = sequence_logps(model(right[0], right[2]), right[0], right[3])
     value_left, _ = sequence_logps(model(left[0], left[2]), left[0], left[3])
     assert torch.allclose(value_right, value_left)
+
+
+def _hidden_batch(seed: int, vocab: int = 37, hidden: int = 8):
+    torch.manual_seed(seed)
+    prompts, responses = [[4, 4, 4], [7], [1, 2, 3, 4, 5]], [[1, 2], [9, 9, 9, 9, 9], [6]]
+    ids, _, _, loss_mask = pad_sequences(prompts, responses, pad_id=0)
+    h = torch.randn(3, ids.shape[1], hidden, requires_grad=True)
+    w = torch.randn(vocab, hidden, requires_grad=True)
+    return h, w, ids, loss_mask
+
+
+def _value_and_grads(fn, h, w, weights):
+    h.grad = w.grad = None
+    value = fn()
+    (value * weights).sum().backward()  # distinct weights per sequence, as the SPIN loss gives
+    return value.detach(), h.grad.clone(), w.grad.clone()
+
+
+def test_chunked_logps_and_their_gradients_equal_the_plain_ones():
+    h, w, ids, mask = _hidden_batch(3)
+    weights = torch.tensor([0.7, -1.3, 2.1])
+    plain = _value_and_grads(lambda: sequence_logps(h @ w.T, ids, mask)[0], h, w, weights)
+    for chunk in (1, 2, 5, 1000):  # smaller than, not dividing, and larger than the 8 response tokens
+        chunked = _value_and_grads(lambda c=chunk: sequence_logps_from_hidden(h, w, ids, mask, c)[0], h, w, weights)
+        for a, b in zip(plain, chunked, strict=True):
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-5), chunk
+    assert sequence_logps_from_hidden(h, w, ids, mask, 2)[1].tolist() == sequence_logps(h @ w.T, ids, mask)[1].tolist()
+
+
+def test_chunked_logps_keep_the_lm_head_frozen_when_asked():
+    h, w, ids, mask = _hidden_batch(4)
+    w.requires_grad_(False)
+    sequence_logps_from_hidden(h, w, ids, mask, 3)[0].sum().backward()
+    assert w.grad is None and h.grad is not None and torch.isfinite(h.grad).all()
+
+
+def test_chunked_logps_pass_the_autograd_gradient_check():
+    torch.manual_seed(5)
+    h, w, ids, mask = _hidden_batch(5, vocab=11, hidden=4)
+    h, w = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: sequence_logps_from_hidden(a, b, ids, mask, 3)[0], (h, w))

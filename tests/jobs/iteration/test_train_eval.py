@@ -40,7 +40,8 @@ def test_validation_diagnostics_at_the_reference_and_by_hand(tiny_model_dir):
     real = [encode_response(tok, p.solution) for p in problems]
     gen = [encode_response(tok, "I am not sure.") for _ in problems]
     with torch.no_grad():
-        ref_real, ref_gen, _ = policy_logps(model, collate_pairs(prompts, real, gen, pad_id=pad_id(tok)))
+        # As the score stage computes them: in the trainer's LM-head chunks.
+        ref_real, ref_gen, _ = policy_logps(model, collate_pairs(prompts, real, gen, pad_id=pad_id(tok)), 512)
     batches = []
     for i in (0, 3):  # two batches of uneven size
         j = slice(i, i + 3 if i == 0 else 5)
@@ -54,7 +55,8 @@ def test_validation_diagnostics_at_the_reference_and_by_hand(tiny_model_dir):
                 ref_logps_generated=ref_gen[j],
             )
         )
-    metrics = validation_diagnostics(model, batches, TrainConfig(beta=0.1, loss_type="sigmoid"))
+    train = TrainConfig(beta=0.1, loss_type="sigmoid", logprob_chunk_tokens=512)
+    metrics = validation_diagnostics(model, batches, train)
     assert abs(metrics["margin"]) < 1e-4 and metrics["rewards/accuracies"] == 0.0
     expected_nll = -float(ref_real.sum()) / sum(len(r) for r in real)
     assert abs(metrics["nll/real"] - expected_nll) < 1e-4
@@ -104,6 +106,7 @@ def _greedy_under_fsdp(rank, init_file, model_dir, out):
     sharded_after = all(p.to_local().numel() < p.numel() for p in model.model.layers[0].parameters() if p.dim())
     if rank == 0:
         torch.save({"plain": plain, "kept": kept, "gathers": (plain_gathers, gathers), "sharded": sharded_after}, out)
+    dist.barrier()  # neither rank tears gloo down while the other still talks to it
     dist.destroy_process_group()
 
 

@@ -74,3 +74,80 @@ def test_missing_reference_log_probs_are_refused(tiny_model_dir, pairs):
     model = load_causal_lm(tiny_model_dir)
     with pytest.raises(ValueError, match="run the score stage first"):
         spin_forward(model, collate_pairs(prompts, real, generated, pad_id=pad_id(tok)), TRAIN, loss_scale=1.0)
+
+
+def _loss_and_grads(model, batch, train):
+    model.zero_grad(set_to_none=True)
+    loss, _ = spin_forward(model, batch, train, loss_scale=1 / batch.num_pairs)
+    loss.backward()
+    return float(loss), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _scored_batch(model, tok, prompts, real, generated):
+    """The pairs with a reference that differs from the policy, so the loss's gradient is not symmetric."""
+    with torch.no_grad():
+        ref_real, ref_gen, _ = policy_logps(model.eval(), collate_pairs(prompts, real, generated, pad_id=pad_id(tok)))
+    return collate_pairs(
+        prompts, real, generated, pad_id=pad_id(tok), ref_logps_real=ref_real + 0.3, ref_logps_generated=ref_gen - 0.2
+    )
+
+
+def test_chunked_log_probs_and_checkpointed_layers_give_the_full_logits_gradients(tiny_model_dir, pairs):
+    tok, prompts, real, generated = pairs
+    model = load_causal_lm(tiny_model_dir)
+    batch = _scored_batch(model, tok, prompts, real, generated)
+    model.train()
+    plain = _loss_and_grads(model, batch, TRAIN.model_copy(update={"logprob_chunk_tokens": None}))
+    chunked = _loss_and_grads(model, batch, TRAIN.model_copy(update={"logprob_chunk_tokens": 7}))
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointed = _loss_and_grads(model, batch, TRAIN.model_copy(update={"logprob_chunk_tokens": 7}))
+    for other in (chunked, checkpointed):
+        assert other[0] == pytest.approx(plain[0], abs=1e-5)
+        assert other[1].keys() == plain[1].keys()
+        for name, grad in plain[1].items():
+            assert torch.allclose(other[1][name], grad, atol=1e-5, rtol=1e-4), name
+
+
+def test_a_head_that_is_not_a_plain_linear_map_is_refused_by_name(tiny_model_dir, pairs):
+    tok, prompts, real, generated = pairs
+    model = load_causal_lm(tiny_model_dir)
+    batch = _scored_batch(model, tok, prompts, real, generated)
+    model.config.final_logit_softcapping = 30.0
+    with pytest.raises(ValueError, match="final_logit_softcapping.*train.logprob_chunk_tokens: null"):
+        spin_forward(model, batch, TRAIN, loss_scale=1.0)
+
+
+def _fsdp_gradients(rank, init_file, model_dir, batch, out):
+    """One rank of a 2-process FSDP2 world on gloo: the full gradients of one step, plain and chunked."""
+    import torch.distributed as dist
+
+    from jobs.iteration.train_loop import _shard_model
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    model = load_causal_lm(model_dir)
+    _shard_model(model, torch.device("cpu"), world_size=2, bf16=False)
+    model.train()
+    grads = {}
+    for chunk in (None, 5):
+        _, sharded = _loss_and_grads(model, batch, TRAIN.model_copy(update={"logprob_chunk_tokens": chunk}))
+        grads[chunk] = {n: g.full_tensor() for n, g in sharded.items()}
+    if rank == 0:
+        torch.save(grads, out)
+    dist.barrier()  # neither rank tears gloo down while the other still talks to it
+    dist.destroy_process_group()
+
+
+def test_chunked_log_probs_under_fsdp2_give_the_single_process_gradients(tiny_model_dir, pairs, tmp_path):
+    import torch.multiprocessing as mp
+
+    tok, prompts, real, generated = pairs
+    model = load_causal_lm(tiny_model_dir)
+    batch = _scored_batch(model, tok, prompts, real, generated)
+    _, alone = _loss_and_grads(model.train(), batch, TRAIN.model_copy(update={"logprob_chunk_tokens": None}))
+    out = tmp_path / "grads.pt"
+    mp.spawn(_fsdp_gradients, args=(str(tmp_path / "init"), tiny_model_dir, batch, str(out)), nprocs=2)
+    grads = torch.load(out)
+    for chunk in (None, 5):
+        assert grads[chunk].keys() == alone.keys()
+        for name, grad in alone.items():
+            assert torch.allclose(grads[chunk][name], grad, atol=1e-5, rtol=1e-4), (chunk, name)
