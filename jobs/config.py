@@ -83,6 +83,11 @@ class PairsConfig(Strict):
         description="A prompt none of whose samples qualifies: kept as an identical pair (the real answer on both "
         "sides, trained on by the NLL term only), or skipped and counted.",
     )
+    # Where the reference's log-prob of each fresh sample comes from: the score stage's forward pass, or the
+    # generator, which serves the reference (model k) and returns each sampled token's log-prob (vLLM reports the
+    # raw model's, before temperature and top-p), so the score stage runs its model on the real answers only.
+    # Replays, samples given an EOS they lacked and carried pairs are scored by the forward pass either way.
+    sample_logps: Literal["forward", "generator"] = "forward"
 
 
 class GeneratorConfig(EngineSettings):

@@ -141,6 +141,10 @@ class GeneratorCaller(PromptEncoder):
                 "prompt_ids": e.prompts,
                 "real_ids": e.real_ids,
                 "generated_ids": generated_ids,
+                "generated_token_logps": [
+                    None if c is None or c.token_logps is None or len(c.token_logps) != len(g) else c.token_logps
+                    for c, g in zip(chosen, generated_ids, strict=True)
+                ],
                 "prompt_tokens": [len(p) for p in e.prompts],
                 "real_tokens": [len(r) for r in e.real_ids],
                 "generated_tokens": [len(g) for g in generated_ids],
@@ -177,6 +181,7 @@ class GeneratorCaller(PromptEncoder):
             temperature=s.temperature,
             top_p=s.top_p,
             n=spec.pairs.samples_per_prompt,
+            token_logps=spec.pairs.sample_logps == "generator",
             # One seed per (iteration, prompt): the same answer however prompts are batched or retried.
             seeds=[sample_key(s.seed, "generate", spec.iteration, pid) % 2**31 for pid in pids],
         )

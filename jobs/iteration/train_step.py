@@ -58,7 +58,7 @@ def _lm_head_weight(model: Any) -> torch.Tensor:
     return weight
 
 
-def _summed_logps(
+def summed_logps(
     model: Any,
     ids: torch.Tensor,
     attention: torch.Tensor,
@@ -80,11 +80,11 @@ def policy_logps(
     model: Any, batch: PairBatch, chunk: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed response log-probs of the real and generated rows in one forward pass (`chunk`: as in
-    `_summed_logps`, the train config's `logprob_chunk_tokens`).
+    `summed_logps`, the train config's `logprob_chunk_tokens`).
 
     Returns (log p(real) (B,), log p(generated) (B,), response tokens (2B,)).
     """
-    logps, tokens = _summed_logps(
+    logps, tokens = summed_logps(
         model, batch.input_ids, batch.attention_mask, batch.position_ids, batch.loss_mask, chunk
     )
     b = batch.num_pairs
@@ -103,7 +103,7 @@ def response_logps(
     ids, attention, positions, loss_mask = (
         t.to(device) for t in pad_sequences([p for p, _ in batch], [r for _, r in batch], pad_id)
     )
-    return _summed_logps(model, ids, attention, positions, loss_mask, chunk)
+    return summed_logps(model, ids, attention, positions, loss_mask, chunk)
 
 
 def spin_forward(

@@ -49,6 +49,11 @@ def refresh_post_load(worker: Any) -> None:
         method.process_weights_after_loading(lm_head)
 
 
+def _sampled_logps(output: Any) -> list[float]:
+    """The log-prob of each token vLLM sampled for one completion (its `logprobs`: one {token: Logprob} per step)."""
+    return [float(step[token].logprob) for step, token in zip(output.logprobs, output.token_ids, strict=True)]
+
+
 def engine_kwargs(args: GeneratorArgs, model_path: str) -> dict[str, Any]:
     """vLLM engine arguments for `args` (also what tests/bench gives a bare engine, to compare like with like)."""
     kwargs: dict[str, Any] = dict(
@@ -122,6 +127,9 @@ class SpinGenerator:
                 top_p=request.top_p,
                 max_tokens=m,
                 seed=s,
+                # 0: the sampled token's own log-prob only. vLLM's default logprobs mode reports the raw model's,
+                # before temperature and top-p.
+                logprobs=0 if request.token_logps else None,
                 output_kind=RequestOutputKind.FINAL_ONLY,
             )
             for m, s in zip(request.max_tokens, seeds, strict=True)
@@ -131,7 +139,12 @@ class SpinGenerator:
                 *(self._run(ids, p) for ids, p in zip(request.prompt_token_ids, params, strict=True))
             )
         completions = [
-            Completion(text=o.text, token_ids=list(o.token_ids), finish_reason=o.finish_reason or "abort")
+            Completion(
+                text=o.text,
+                token_ids=list(o.token_ids),
+                finish_reason=o.finish_reason or "abort",
+                token_logps=_sampled_logps(o) if request.token_logps else None,
+            )
             for out in outputs
             for o in sorted(out.outputs, key=lambda c: c.index)
         ]

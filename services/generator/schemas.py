@@ -73,6 +73,9 @@ class GenerateRequest(Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seeds: list[int] | None = None
     n: int = Field(1, ge=1, le=64, description="Samples per prompt.")
+    token_logps: bool = Field(
+        False, description="Return each sampled token's log-prob under the serving model (before temperature/top-p)."
+    )
 
     @model_validator(mode="after")
     def _aligned(self) -> GenerateRequest:
@@ -90,6 +93,7 @@ class Completion(Strict):
     text: str
     token_ids: list[int]
     finish_reason: Literal["stop", "length", "abort"]
+    token_logps: list[float] | None = None  # one per token id, when the request asked for them
 
 
 class GenerateResponse(Strict):
