@@ -64,27 +64,22 @@ def _check_batch(size: Size) -> int:
     return size.train_batch
 
 
-def spin_update(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
-    """The project's step (jobs/iteration/train_step.py) in one process: one forward over [real; generated], no
-    reference model resident."""
+def _train_config(extra: dict[str, Any]) -> TrainConfig:
+    """The bench's TrainConfig with the memory switches a case sets (`logprob_chunk_tokens`,
+    `activation_checkpointing`)."""
+    keys = ("logprob_chunk_tokens", "activation_checkpointing")
+    return TRAIN.model_copy(update={k: extra[k] for k in keys if k in extra})
+
+
+def _spin_steps(
+    model: Any, pairs: list[dict[str, Any]], pad: int, b: int, steps: int, train: TrainConfig, device: str
+) -> tuple[int, float, list[float], float]:
+    """The score stage's reference log-probs (untimed), then `steps` optimizer steps of `b` pairs each; returns
+    (tokens, step seconds, losses, score seconds)."""
     import torch
 
-    from jobs.chat import pad_id
-    from jobs.hf import load_causal_lm, load_tokenizer
     from jobs.iteration.train_step import make_optimizer, policy_logps, spin_forward
     from jobs.spin.collate import collate_pairs
-
-    baseline = rss_mb()
-    b, device = _check_batch(size), _device()
-    model_dir = prepare_model(size.model)
-    if extra.get("pairs_path"):  # pairs an iteration generated (bench_e2e): the same work, done bare
-        import pyarrow.parquet as pq
-
-        pairs = pq.read_table(extra["pairs_path"]).to_pylist()[: size.train_pairs]
-    else:
-        pairs = bench_pairs(model_dir, size.train_pairs, size.seed)
-    pad = pad_id(load_tokenizer(model_dir))
-    model = load_causal_lm(model_dir, WEIGHTS_DTYPE, device)
 
     def batch(i: int, ref: tuple[list[float], list[float]] | None = None) -> Any:
         rows = pairs[i * b : (i + 1) * b]
@@ -97,22 +92,24 @@ def spin_update(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
             ref_logps_generated=None if ref is None else ref[1][i * b : (i + 1) * b],
         ).to(device)
 
-    # The score stage's output: reference log-probs, computed once before training (not timed here).
     real, generated, start = [], [], time.perf_counter()
     with torch.no_grad():
-        for i in range(size.train_steps):
-            r, g, _ = policy_logps(model, batch(i))
+        for i in range(steps):
+            r, g, _ = policy_logps(model, batch(i), train.logprob_chunk_tokens)
             real += r.float().tolist()
             generated += g.float().tolist()
     score_seconds = time.perf_counter() - start
-    optimizer = make_optimizer(model.parameters(), TRAIN)
+    if train.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    optimizer = make_optimizer(model.parameters(), train)
     autocast = torch.autocast(device, torch.bfloat16, enabled=device == "cuda")
     tokens, seconds, losses = 0, 0.0, []
-    for i in range(size.train_steps):
+    for i in range(steps):
         start = time.perf_counter()
         pb = batch(i, (real, generated))
         with autocast:
-            loss, _ = spin_forward(model, pb, TRAIN, loss_scale=1.0 / b)
+            loss, _ = spin_forward(model, pb, train, loss_scale=1.0 / b)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
         optimizer.step()
@@ -122,7 +119,128 @@ def spin_update(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
         seconds += time.perf_counter() - start
         tokens += int(pb.attention_mask.sum())
         losses.append(float(loss))
+    return tokens, seconds, losses, score_seconds
+
+
+def _pairs(size: Size, model_dir: str, extra: dict[str, Any]) -> list[dict[str, Any]]:
+    if extra.get("pairs_path"):  # pairs an iteration generated (bench_e2e): the same work, done bare
+        import pyarrow.parquet as pq
+
+        return pq.read_table(extra["pairs_path"]).to_pylist()[: size.train_pairs]
+    return bench_pairs(model_dir, size.train_pairs, size.seed)
+
+
+def spin_update(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
+    """The project's step (jobs/iteration/train_step.py) in one process: one forward over [real; generated], no
+    reference model resident, the LM head in chunks (the config's default)."""
+    from jobs.chat import pad_id
+    from jobs.hf import load_causal_lm, load_tokenizer
+
+    baseline = rss_mb()
+    b, device = _check_batch(size), _device()
+    model_dir = prepare_model(size.model)
+    pairs = _pairs(size, model_dir, extra)
+    pad = pad_id(load_tokenizer(model_dir))
+    model = load_causal_lm(model_dir, WEIGHTS_DTYPE, device)
+    tokens, seconds, losses, score_seconds = _spin_steps(
+        model, pairs, pad, b, size.train_steps, _train_config(extra), device
+    )
     return _training_result(model, tokens, seconds, size, losses, _memory(baseline)) | {"score_seconds": score_seconds}
+
+
+def _fsdp2_rank(rank: int, init_file: str, size: Size, extra: dict[str, Any], out_dir: str) -> None:
+    """One of 2 FSDP2 ranks on gloo (CPU) or NCCL (GPU), each stepping on its half of every batch."""
+    import json
+    from pathlib import Path
+
+    import torch
+    import torch.distributed as dist
+
+    from jobs.chat import pad_id
+    from jobs.hf import load_causal_lm, load_tokenizer
+    from jobs.iteration.train_loop import _shard_model
+
+    device = _device()
+    if device == "cuda":
+        torch.cuda.set_device(rank)
+    else:
+        torch.set_num_threads(max(1, torch.get_num_threads() // 2))
+    baseline = rss_mb()
+    dist.init_process_group(
+        "nccl" if device == "cuda" else "gloo", init_method=f"file://{init_file}", rank=rank, world_size=2
+    )
+    model_dir = prepare_model(size.model)
+    b = _check_batch(size) // 2
+    pairs = _pairs(size, model_dir, extra)
+    mine = [p for i, p in enumerate(pairs) if (i // b) % 2 == rank]  # batch i's pairs split between the ranks
+    model = load_causal_lm(model_dir, WEIGHTS_DTYPE, device)
+    _shard_model(model, torch.device(device), world_size=2, bf16=device == "cuda")
+    train = _train_config(extra)
+    tokens, seconds, losses, _ = _spin_steps(
+        model, mine, pad_id(load_tokenizer(model_dir)), b, size.train_steps, train, device
+    )
+    memory = _memory(baseline)
+    Path(out_dir, f"{rank}.json").write_text(json.dumps({"tokens": tokens, "seconds": seconds, "memory": memory}))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def spin_update_fsdp2(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
+    """The update as Ray Train runs it, without Ray: 2 processes, the model sharded by FSDP2 (`_shard_model`),
+    the global batch split between them. Peak memory is each rank's own (RSS above its imports, or CUDA)."""
+    import json
+    from pathlib import Path
+
+    import torch.multiprocessing as mp
+
+    if _device() == "cuda":
+        import torch
+
+        if torch.cuda.device_count() < 2:
+            return {"skipped": "one GPU: the 2-rank case needs two"}
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_fsdp2_rank, args=(f"{tmp}/init", size, extra, tmp), nprocs=2)
+        ranks = [json.loads(Path(tmp, f"{r}.json").read_text()) for r in range(2)]
+    seconds = max(r["seconds"] for r in ranks)  # the ranks step together
+    return {
+        "tokens": sum(r["tokens"] for r in ranks),
+        "seconds": seconds,
+        "tokens_per_s": sum(r["tokens"] for r in ranks) / seconds,
+        "peak_memory_mb": max(r["memory"] for r in ranks),
+        "rank_peak_memory_mb": [r["memory"] for r in ranks],
+    }
+
+
+def score_stage(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
+    """The score stage's model work on fresh pairs (`ReferenceScorer.reference_logps`, micro-batch by
+    micro-batch): both answers by the forward pass, or with `sample_logps` the real answers only, each generated
+    one summed from the generator's token log-probs (placeholders here: their values cost nothing to sum)."""
+    import pyarrow as pa
+
+    from jobs.chat import pad_id
+    from jobs.hf import load_tokenizer
+    from jobs.iteration.score import ReferenceScorer, ScorerSpec
+
+    model_dir = prepare_model(size.model)
+    pairs = _pairs(size, model_dir, extra)
+    columns = {k: [p[k] for p in pairs] for k in ("prompt_ids", "real_ids", "generated_ids")}
+    rows = pa.table(columns | {"generated_token_logps": [[-1.0] * len(g) for g in columns["generated_ids"]]})
+    spec = ScorerSpec(
+        model_path=model_dir,
+        dtype=WEIGHTS_DTYPE,
+        pad_id=pad_id(load_tokenizer(model_dir)),
+        micro_batch_size=size.train_batch,
+        use_gpu=_device() == "cuda",
+        logprob_chunk_tokens=TRAIN.logprob_chunk_tokens,
+        sample_logps=bool(extra.get("sample_logps")),
+    )
+    scorer = ReferenceScorer(spec)
+    scorer.reference_logps(rows.slice(0, size.train_batch))  # warm-up, untimed
+    start = time.perf_counter()
+    for i in range(0, rows.num_rows, size.train_batch):
+        scorer.reference_logps(rows.slice(i, size.train_batch))
+    seconds = time.perf_counter() - start
+    return {"pairs": rows.num_rows, "seconds": seconds, "pairs_per_s": rows.num_rows / seconds}
 
 
 def _training_result(
@@ -283,15 +401,56 @@ def same_loss(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
     return losses_on_first_batch(size, ["sigmoid"])["sigmoid"]
 
 
-CASES = {"spin_update": spin_update, "trl_dpo": trl_dpo, "same_loss": same_loss}
+CASES = {
+    "spin_update": spin_update,
+    # The same step before the chunked LM head: the model's full (rows, length, vocabulary) logits.
+    "spin_update_full_logits": lambda size, extra: spin_update(size, extra | {"logprob_chunk_tokens": None}),
+    "spin_update_checkpointed": lambda size, extra: spin_update(size, extra | {"activation_checkpointing": True}),
+    "spin_update_fsdp2": spin_update_fsdp2,
+    "trl_dpo": trl_dpo,
+    "same_loss": same_loss,
+    "score_forward": score_stage,
+    "score_sample_logps": lambda size, extra: score_stage(size, extra | {"sample_logps": True}),
+}
 
 
 def rows(results: dict[str, dict[str, Any]]) -> list[Row]:
+    # Targets: keep the measured 1.75x TRL's speed; memory at most 0.6x TRL's in one process and 0.4x per rank
+    # with 2 FSDP2 ranks.
     out = measured_rows(
-        "training", results, "tokens_per_s", "tokens/s", "tok/s", [("spin_update", "trl_dpo", {"at_least": 1.3})]
+        "training",
+        results,
+        "tokens_per_s",
+        "tokens/s",
+        "tok/s",
+        [
+            ("spin_update", "trl_dpo", {"at_least": 1.75}),
+            ("spin_update_full_logits", "trl_dpo", {}),
+            ("spin_update_checkpointed", "trl_dpo", {}),
+            ("spin_update_fsdp2", "trl_dpo", {}),
+        ],
     )
     out += measured_rows(
-        "training", results, "peak_memory_mb", "peak memory", "MiB", [("spin_update", "trl_dpo", {"at_most": 0.7})]
+        "training",
+        results,
+        "peak_memory_mb",
+        "peak memory",
+        "MiB",
+        [
+            ("spin_update", "trl_dpo", {"at_most": 0.6}),
+            ("spin_update_full_logits", "trl_dpo", {}),
+            ("spin_update_checkpointed", "trl_dpo", {"at_most": 0.6}),
+            ("spin_update_fsdp2", "trl_dpo", {"at_most": 0.4}),
+            ("spin_update_fsdp2", "spin_update", {}),  # the sharding ratio: per rank over one process
+        ],
+    )
+    out += measured_rows(
+        "training",
+        results,
+        "pairs_per_s",
+        "score stage, fresh pairs",
+        "pairs/s",
+        [("score_sample_logps", "score_forward", {"at_least": 1.8})],
     )
     check = results.get("same_loss", {})
     if "abs_diff" in check:

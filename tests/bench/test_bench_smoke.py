@@ -31,7 +31,16 @@ def report(tmp_path_factory):
 def test_every_bench_reports_every_case(report):
     results = report["results"]
     assert set(results["generation"]) == {"hf_generate", "bare_vllm", "serve_handle", "ray_data"}
-    assert set(results["training"]) == {"spin_update", "trl_dpo", "same_loss"}
+    assert set(results["training"]) == {
+        "spin_update",
+        "spin_update_full_logits",
+        "spin_update_checkpointed",
+        "spin_update_fsdp2",
+        "trl_dpo",
+        "same_loss",
+        "score_forward",
+        "score_sample_logps",
+    }
     assert set(results["e2e"]) == {"8"}
     assert report["machine"]["cpus"] and report["size"]["model"] == "tiny"
 
@@ -52,6 +61,15 @@ def test_both_trainers_compute_the_same_loss_on_the_same_tokens(report):
     assert training["spin_update"]["losses"][0] == pytest.approx(math.log(2), abs=1e-5)
     assert training["trl_dpo"]["losses"][0] == pytest.approx(math.log(2), abs=1e-5)
     assert 0 < training["spin_update"]["mfu"] < 1
+    # The memory variants and the 2-rank FSDP2 update do the same work on the same batches.
+    for variant in ("spin_update_full_logits", "spin_update_checkpointed", "spin_update_fsdp2"):
+        assert training[variant]["tokens"] == training["spin_update"]["tokens"], variant
+    for variant in ("spin_update_full_logits", "spin_update_checkpointed"):
+        assert training[variant]["losses"] == pytest.approx(training["spin_update"]["losses"], abs=1e-5), variant
+    assert len(training["spin_update_fsdp2"]["rank_peak_memory_mb"]) == 2
+    assert (
+        training["score_forward"]["pairs"] == training["score_sample_logps"]["pairs"] == report["size"]["train_pairs"]
+    )
 
 
 def test_end_to_end_runs_each_size_and_its_bare_stages(report):
