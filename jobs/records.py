@@ -36,8 +36,9 @@ GENERATION_SCHEMA = pa.schema(
         ("prompt_ids", _TOKENS),
         ("real_ids", _TOKENS),  # ends with EOS unless truncated
         ("generated_ids", _TOKENS),  # ends with EOS when finish_reason is "stop"
-        # The generator's log-prob of each of generated_ids (pairs.sample_logps "generator"); null when not asked
-        # or when the generated side is not the sample as drawn (a replay, an EOS added).
+        # The log-prob of each of generated_ids under the model that sampled them (model_version), from the
+        # generator (pairs.sample_logps "generator"); null when not asked or when the generated side is not the
+        # sample as drawn (a replay, an EOS added). Carried pairs keep them but are scored by a forward pass.
         ("generated_token_logps", pa.list_(pa.float64())),
         ("prompt_tokens", pa.int32()),
         ("real_tokens", pa.int32()),

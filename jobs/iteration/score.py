@@ -4,7 +4,9 @@ The reference is frozen for the whole iteration, so its log-probs are computed o
 forward pass the trainer runs (`train_step.policy_logps`), and stored in the pair records. The trainer
 then never holds a second model, and at its first step policy and reference agree to float precision.
 With `pairs.sample_logps: generator`, a fresh sample's log-prob is the sum of the generator's log-probs of the
-tokens it sampled (the generator serves the reference), so only the real answers need the forward pass.
+tokens it sampled (the generator serves the reference), so only the real answers need the forward pass; the
+generated side's reference then comes from vLLM's kernels, not the trainer's, and at the first step policy and
+reference agree on it only as closely as the two engines do (tests/integration/test_iteration.py measures it).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class ReferenceScorer:
         self.model = load_causal_lm(local_copy(spec.model_path), spec.dtype, self.device).eval()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        if "generated_token_logps" not in batch.column_names:  # records written before the column existed
+            batch = batch.append_column("generated_token_logps", pa.nulls(batch.num_rows, pa.list_(pa.float64())))
         ref_real: list[float] = []
         ref_generated: list[float] = []
         for i in range(0, batch.num_rows, self.spec.micro_batch_size):
@@ -60,7 +64,8 @@ class ReferenceScorer:
             ref_real += real
             ref_generated += generated
         batch = batch.append_column("ref_logp_real", pa.array(ref_real, pa.float64()))
-        return batch.append_column("ref_logp_generated", pa.array(ref_generated, pa.float64())).cast(PAIR_SCHEMA)
+        batch = batch.append_column("ref_logp_generated", pa.array(ref_generated, pa.float64()))
+        return batch.select(PAIR_SCHEMA.names).cast(PAIR_SCHEMA)
 
     @torch.no_grad()
     def reference_logps(self, rows: pa.Table) -> tuple[list[float], list[float]]:

@@ -118,7 +118,7 @@ def _start(spec: TrainSpec, progress: Any) -> Worker:
     torch.manual_seed(t.seed)
     source_dir = local_copy(spec.model_uri)
     model = load_causal_lm(source_dir, torch.float32, device)
-    if t.activation_checkpointing:  # before sharding: FSDP2 then all-gathers a layer again for its recomputation
+    if t.activation_checkpointing:  # FSDP2 all-gathers a layer again for its recomputation in backward
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     _shard_model(model, device, context.get_world_size(), bf16=t.precision == "bf16")
     model.train()

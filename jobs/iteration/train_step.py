@@ -44,18 +44,26 @@ def pair_batch(
     ).to(device)
 
 
-def _lm_head_weight(model: Any) -> torch.Tensor:
-    """The weight of a plain linear LM head (no bias, no logit scaling or soft-capping), which the chunked
-    log-probs assume; any other head is named in the error."""
-    head, config = model.get_output_embeddings(), model.config
-    altered = [a for a in ("final_logit_softcapping", "logit_scale") if getattr(config, a, None) not in (None, 1.0)]
-    if getattr(head, "bias", None) is not None or altered:
+def _lm_head_weight(model: Any, hidden: torch.Tensor, last_logits: torch.Tensor) -> torch.Tensor:
+    """The LM head's weight, once the model's own logits at the last position show that its head is the plain
+    linear map `hidden · Wᵀ` the chunked log-probs compute (no bias, scaling or soft-capping, `hidden` the
+    state it is applied to); any other head is refused by name."""
+    from torch.distributed.tensor import DTensor
+
+    weight = model.get_output_embeddings().weight
+    if isinstance(weight, DTensor):  # FSDP2 keeps the root's parameters gathered after forward unless told not to
         raise ValueError(
-            f"{type(model).__name__}'s LM head is not a plain linear map (bias or {altered or 'bias'}); "
-            "set train.logprob_chunk_tokens: null to compute log-probs from its full logits"
+            "the LM head's weight is sharded after the forward pass; keep the root FSDP module's "
+            "reshard_after_forward off, or set train.logprob_chunk_tokens: null"
         )
-    weight: torch.Tensor = head.weight
-    return weight
+    ours = hidden[:, -1].to(last_logits.dtype) @ weight.to(last_logits.dtype).T
+    if not torch.allclose(ours.float(), last_logits[:, -1].float(), rtol=1e-2, atol=1e-2):
+        raise ValueError(
+            f"{type(model).__name__}'s logits are not its last hidden state times its LM head's weight (a bias, a "
+            "scale or soft-capping); set train.logprob_chunk_tokens: null to compute log-probs from its full logits"
+        )
+    result: torch.Tensor = weight
+    return result
 
 
 def summed_logps(
@@ -67,18 +75,23 @@ def summed_logps(
     chunk: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs and response tokens per row. With `chunk`, the model's forward stops at the
-    last hidden states (logits for one position only) and the LM head runs `chunk` response tokens at a time,
-    so the (rows, length, vocabulary) logits are never held; without it, from the full logits."""
+    last hidden states (the decoder's output, caught by a hook; logits for one position only) and the LM head
+    runs `chunk` response tokens at a time, so the (rows, length, vocabulary) logits are never held; without it,
+    from the full logits."""
     kwargs = {"input_ids": ids, "attention_mask": attention, "position_ids": positions, "use_cache": False}
     if chunk is None:
         return sequence_logps(model(**kwargs).logits, ids, loss_mask)
-    hidden = model(**kwargs, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
-    return sequence_logps_from_hidden(hidden, _lm_head_weight(model), ids, loss_mask, chunk)
+    caught: list[torch.Tensor] = []
+    hook = model.get_decoder().register_forward_hook(lambda _m, _a, out: caught.append(out.last_hidden_state))
+    try:
+        last_logits = model(**kwargs, logits_to_keep=1).logits
+    finally:
+        hook.remove()
+    (hidden,) = caught
+    return sequence_logps_from_hidden(hidden, _lm_head_weight(model, hidden, last_logits), ids, loss_mask, chunk)
 
 
-def policy_logps(
-    model: Any, batch: PairBatch, chunk: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def policy_logps(model: Any, batch: PairBatch, chunk: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed response log-probs of the real and generated rows in one forward pass (`chunk`: as in
     `summed_logps`, the train config's `logprob_chunk_tokens`).
 

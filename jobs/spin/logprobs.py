@@ -93,8 +93,8 @@ class _ChunkedTokenLogps(torch.autograd.Function):
                 grad_logits = grad_logits.to(dtype)
                 if grad_hidden is not None:
                     grad_hidden[start : start + chunk] = (grad_logits @ w).to(hidden.dtype)
-                if grad_weight is not None:
-                    grad_weight.addmm_(grad_logits.T.to(exact), h.to(exact))
+                if grad_weight is not None:  # the matmul in the compute dtype, the sum over chunks in fp32 or wider
+                    grad_weight += (grad_logits.T @ h).to(exact)
         return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None
 
 
@@ -113,7 +113,7 @@ def sequence_logps_from_hidden(
     Returns:
         (sum of log-probs (B,), number of response tokens (B,)), equal to `sequence_logps` on the head's logits.
     """
-    mask = loss_mask[:, 1:]
+    mask = loss_mask[:, 1:].bool()
     rows = mask.nonzero()[:, 0]
     token: torch.Tensor = _ChunkedTokenLogps.apply(  # type: ignore[no-untyped-call]
         hidden[:, :-1][mask], head_weight, input_ids[:, 1:][mask], chunk

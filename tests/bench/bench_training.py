@@ -198,6 +198,9 @@ def spin_update_fsdp2(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
 
         if torch.cuda.device_count() < 2:
             return {"skipped": "one GPU: the 2-rank case needs two"}
+    if _check_batch(size) % 2:
+        raise ValueError(f"train_batch {size.train_batch} must be even: each of the 2 ranks takes half a batch")
+    prepare_model(size.model)  # built once here, not by both ranks at the same time
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_fsdp2_rank, args=(f"{tmp}/init", size, extra, tmp), nprocs=2)
         ranks = [json.loads(Path(tmp, f"{r}.json").read_text()) for r in range(2)]

@@ -198,11 +198,16 @@ def case_main(cases: dict[str, Callable[[Size, dict[str, Any]], dict[str, Any]]]
     out.write_text(json.dumps(cases[name](size, extra)))
 
 
-# A fixed glibc mmap threshold: every allocation over 128 KiB is its own mapping, returned to the system when
-# freed. With glibc's default (a threshold that grows after each free, up to 32 MiB) freed tensors stayed in the
-# heap and a CPU case's peak RSS grew step after step (SmolLM2's update: 3.33 GB after 3 steps, 2.70 GB with
-# this, whose live tensors after each optimizer step stay at 1.72 GB), so peak RSS measured the allocator.
-CASE_ENV = os.environ | {"MALLOC_MMAP_THRESHOLD_": "131072"}
+def case_env() -> dict[str, str]:
+    """The environment of a case's interpreter. By default (`--allocator fixed`) glibc's mmap threshold is fixed
+    at 128 KiB: every allocation over it is its own mapping, returned to the system when freed. With glibc's own
+    rule (a threshold that grows after each free, up to 32 MiB; `--allocator glibc`) freed tensors stay in the
+    heap and a CPU case's peak RSS grew step after step (SmolLM2's update: 3.33 GB after 3 steps, 2.70 GB fixed,
+    its live tensors after each optimizer step 1.72 GB), so peak RSS measured the allocator. The fixed threshold
+    costs every large allocation fresh pages: measure speed with `glibc`, memory with `fixed`."""
+    if os.environ.get("SPIN_BENCH_ALLOCATOR", "fixed") == "glibc":
+        return dict(os.environ)
+    return os.environ | {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 def run_case(module: str, case: str, size: Size, timeout_s: float = 1800, **extra: Any) -> dict[str, Any]:
@@ -218,7 +223,7 @@ def run_case(module: str, case: str, size: Size, timeout_s: float = 1800, **extr
             str(out),
             json.dumps(extra),
         ]
-        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s, env=CASE_ENV)
+        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s, env=case_env())
         if proc.returncode != 0 or not out.exists():
             raise RuntimeError(f"bench {module}.{case} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
         return dict(json.loads(out.read_text()))

@@ -9,6 +9,7 @@ python -m tests.bench.run effect                # SPIN vs SFT vs continued SFT o
 from __future__ import annotations
 
 import json
+import os
 import platform
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
@@ -77,7 +78,13 @@ def main(
     model: Annotated[str | None, typer.Option(help="tiny, smollm2 or a Hugging Face folder.")] = None,
     out: Annotated[Path, typer.Option(help="Where the JSON results go.")] = ROOT / ".cache" / "bench" / "results.json",
     skip_missing: Annotated[bool, typer.Option(help="Record cases whose engine is not installed as skipped.")] = False,
+    allocator: Annotated[
+        str, typer.Option(help="fixed: peak memory measures tensors; glibc: the allocator users get, for speed.")
+    ] = "fixed",
 ) -> None:
+    if allocator not in ("fixed", "glibc"):
+        raise typer.BadParameter(f"--allocator {allocator!r}: choose fixed or glibc")
+    os.environ["SPIN_BENCH_ALLOCATOR"] = allocator  # read by common.case_env for every case's interpreter
     names = benches or list(BENCHES)
     unknown = sorted(set(names) - set(BENCHES) - set(OPT_IN))
     if unknown:
@@ -91,6 +98,7 @@ def main(
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "size": asdict(size),
+        "allocator": allocator,
         "results": results,
         "rows": [asdict(r) for r in rows],
     }

@@ -104,3 +104,18 @@ def test_chunked_logps_pass_the_autograd_gradient_check():
     h, w, ids, mask = _hidden_batch(5, vocab=11, hidden=4)
     h, w = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b: sequence_logps_from_hidden(a, b, ids, mask, 3)[0], (h, w))
+
+
+def test_chunked_logps_under_bf16_autocast_track_the_plain_ones():
+    """On a GPU the update runs under bf16 autocast: the chunked head computes in bf16 like the plain one, and its
+    backward (which autocast does not cover) recomputes in bf16 too; values and gradients agree to bf16 rounding."""
+    h, w, ids, mask = _hidden_batch(6, vocab=64, hidden=16)
+    weights = torch.tensor([0.7, -1.3, 2.1])
+    with torch.autocast("cpu", torch.bfloat16):
+        plain = _value_and_grads(lambda: sequence_logps(h @ w.T, ids, mask)[0], h, w, weights)
+        chunked = _value_and_grads(lambda: sequence_logps_from_hidden(h, w, ids, mask, 3)[0], h, w, weights)
+    assert chunked[1].dtype == h.dtype and chunked[2].dtype == w.dtype  # gradients in the parameters' dtype
+    for a, b in zip(plain, chunked, strict=True):
+        assert torch.allclose(a, b, rtol=2e-2, atol=2e-2)
+    exact = _value_and_grads(lambda: sequence_logps_from_hidden(h, w, ids, mask, 3)[0], h, w, weights)
+    assert not torch.allclose(exact[0], chunked[0], rtol=1e-6, atol=1e-6)  # autocast did change the compute dtype

@@ -54,3 +54,17 @@ def test_sample_log_probs_give_the_forward_passes_reference(tiny_model_dir, mask
     assert generated_s == pytest.approx(generated, abs=1e-4)
     if mask_after_divergence:  # only the scored prefix was summed: the whole answer's sum differs
         assert sum(given[0]) != pytest.approx(generated_s[0], abs=1e-3)
+
+
+def test_records_written_before_sample_log_probs_existed_are_still_scored(tiny_model_dir):
+    """A resumed run's generations (or carried pairs) from before the generated_token_logps column."""
+    from jobs.records import GENERATION_SCHEMA, PAIR_SCHEMA
+
+    pairs = _rows(tiny_model_dir).to_pylist()
+    defaults = {"split": "train", "iteration": 0, "model_version": 0, "finish_reason": "stop", "kept": True}
+    old = [f for f in GENERATION_SCHEMA if f.name != "generated_token_logps"]
+    rows = pa.table({f.name: [p.get(f.name, defaults.get(f.name)) for p in pairs] for f in old}, pa.schema(old))
+    for sample_logps in (False, True):
+        scored = _scorer(tiny_model_dir, sample_logps=sample_logps, logprob_chunk_tokens=512)(rows)
+        assert scored.schema == PAIR_SCHEMA and scored.column("generated_token_logps").null_count == len(pairs)
+        assert all(v < 0 for v in scored.column("ref_logp_generated").to_pylist())

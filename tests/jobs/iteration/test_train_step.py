@@ -29,11 +29,17 @@ def test_left_and_right_padding_give_the_same_log_probs_through_the_model(tiny_m
     tok, prompts, real, generated = pairs
     model = load_causal_lm(tiny_model_dir).eval()
     with torch.no_grad():
-        right = policy_logps(model, collate_pairs(prompts, real, generated, pad_id=pad_id(tok)))
-        left = policy_logps(model, collate_pairs(prompts, real, generated, pad_id=pad_id(tok), padding_side="left"))
+        right = policy_logps(
+            model, collate_pairs(prompts, real, generated, pad_id=pad_id(tok)), TRAIN.logprob_chunk_tokens
+        )
+        left = policy_logps(
+            model,
+            collate_pairs(prompts, real, generated, pad_id=pad_id(tok), padding_side="left"),
+            TRAIN.logprob_chunk_tokens,
+        )
         # Each pair alone, with no padding at all.
         alone = [
-            policy_logps(model, collate_pairs([p], [r], [g], pad_id=pad_id(tok)))
+            policy_logps(model, collate_pairs([p], [r], [g], pad_id=pad_id(tok)), TRAIN.logprob_chunk_tokens)
             for p, r, g in zip(prompts, real, generated, strict=True)
         ]
     assert torch.allclose(right[0], left[0], atol=1e-4) and torch.allclose(right[1], left[1], atol=1e-4)
@@ -45,7 +51,9 @@ def test_first_step_is_ln2_and_training_separates_real_from_generated(tiny_model
     torch.manual_seed(0)
     model = load_causal_lm(tiny_model_dir)
     with torch.no_grad():
-        ref_real, ref_gen, _ = policy_logps(model.eval(), collate_pairs(prompts, real, generated, pad_id=pad_id(tok)))
+        ref_real, ref_gen, _ = policy_logps(
+            model.eval(), collate_pairs(prompts, real, generated, pad_id=pad_id(tok)), TRAIN.logprob_chunk_tokens
+        )
     batch = collate_pairs(
         prompts, real, generated, pad_id=pad_id(tok), ref_logps_real=ref_real, ref_logps_generated=ref_gen
     )
@@ -86,7 +94,9 @@ def _loss_and_grads(model, batch, train):
 def _scored_batch(model, tok, prompts, real, generated):
     """The pairs with a reference that differs from the policy, so the loss's gradient is not symmetric."""
     with torch.no_grad():
-        ref_real, ref_gen, _ = policy_logps(model.eval(), collate_pairs(prompts, real, generated, pad_id=pad_id(tok)))
+        ref_real, ref_gen, _ = policy_logps(
+            model.eval(), collate_pairs(prompts, real, generated, pad_id=pad_id(tok)), TRAIN.logprob_chunk_tokens
+        )
     return collate_pairs(
         prompts, real, generated, pad_id=pad_id(tok), ref_logps_real=ref_real + 0.3, ref_logps_generated=ref_gen - 0.2
     )
@@ -112,9 +122,16 @@ def test_a_head_that_is_not_a_plain_linear_map_is_refused_by_name(tiny_model_dir
     tok, prompts, real, generated = pairs
     model = load_causal_lm(tiny_model_dir)
     batch = _scored_batch(model, tok, prompts, real, generated)
-    model.config.final_logit_softcapping = 30.0
-    with pytest.raises(ValueError, match="final_logit_softcapping.*train.logprob_chunk_tokens: null"):
+    head = model.get_output_embeddings()
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    biased.weight = head.weight
+    torch.nn.init.normal_(biased.bias)
+    model.set_output_embeddings(biased)
+    with pytest.raises(ValueError, match="not its last hidden state times.*train.logprob_chunk_tokens: null"):
         spin_forward(model, batch, TRAIN, loss_scale=1.0)
+    # The full logits still work for it.
+    loss, _ = spin_forward(model, batch, TRAIN.model_copy(update={"logprob_chunk_tokens": None}), loss_scale=1.0)
+    assert torch.isfinite(loss)
 
 
 def _fsdp_gradients(rank, init_file, model_dir, batch, out):
