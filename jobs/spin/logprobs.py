@@ -47,16 +47,17 @@ def sequence_logps(
 
 
 class _ChunkedTokenLogps(torch.autograd.Function):
-    """log p(target) = h·w_y − logsumexp(h·Wᵀ) for each row of `hidden`, the LM head applied `chunk` rows at a time.
+    """log p(target) = h·w_y − logsumexp(h·Wᵀ) for each row of `hidden`, the LM head applied one block of rows
+    (`blocks`: (start, end) pairs covering the rows) at a time.
 
     Only `hidden`, the head's weight and the targets are kept for backward; the backward pass recomputes each
-    chunk's logits. Peak memory is one (chunk, V) block instead of the (N, V) logits, their softmax and their
-    gradient, at the price of a second LM-head matmul per chunk.
+    block's logits. Peak memory is one (block, V) array instead of the (N, V) logits, their softmax and their
+    gradient, at the price of a second LM-head matmul per block.
     """
 
     @staticmethod
     def forward(
-        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, blocks: list[tuple[int, int]]
     ) -> torch.Tensor:
         device = hidden.device.type
         # The head runs in the dtype autocast would give it; the backward pass (which autocast does not cover)
@@ -66,33 +67,33 @@ class _ChunkedTokenLogps(torch.autograd.Function):
         out = torch.empty(hidden.shape[0], dtype=exact, device=hidden.device)
         w = weight.to(dtype)
         with torch.autocast(device, enabled=False):
-            for start in range(0, hidden.shape[0], chunk):
-                logits = (hidden[start : start + chunk].to(dtype) @ w.T).to(exact)
-                picked = logits.gather(-1, targets[start : start + chunk].unsqueeze(-1)).squeeze(-1)
-                out[start : start + chunk] = picked - torch.logsumexp(logits, dim=-1)
+            for start, end in blocks:
+                logits = (hidden[start:end].to(dtype) @ w.T).to(exact)
+                picked = logits.gather(-1, targets[start:end].unsqueeze(-1)).squeeze(-1)
+                out[start:end] = picked - torch.logsumexp(logits, dim=-1)
         ctx.save_for_backward(hidden, weight, targets)
-        ctx.chunk, ctx.dtype = chunk, dtype
+        ctx.blocks, ctx.dtype = blocks, dtype
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         hidden, weight, targets = ctx.saved_tensors
-        chunk, dtype = ctx.chunk, ctx.dtype
+        blocks, dtype = ctx.blocks, ctx.dtype
         exact = torch.promote_types(dtype, torch.float32)
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_weight = torch.zeros(weight.shape, dtype=exact, device=weight.device) if want_weight else None
         w = weight.to(dtype)
         with torch.autocast(hidden.device.type, enabled=False):
-            for start in range(0, hidden.shape[0], chunk):
-                h = hidden[start : start + chunk].to(dtype)
-                g = grad_out[start : start + chunk].to(exact).unsqueeze(-1)
+            for start, end in blocks:
+                h = hidden[start:end].to(dtype)
+                g = grad_out[start:end].to(exact).unsqueeze(-1)
                 # d(logit_y − logsumexp)/d logits = onehot(y) − softmax(logits)
                 grad_logits = torch.softmax((h @ w.T).to(exact), dim=-1).mul_(-g)
-                grad_logits.scatter_add_(-1, targets[start : start + chunk].unsqueeze(-1), g)
+                grad_logits.scatter_add_(-1, targets[start:end].unsqueeze(-1), g)
                 grad_logits = grad_logits.to(dtype)
                 if grad_hidden is not None:
-                    grad_hidden[start : start + chunk] = (grad_logits @ w).to(hidden.dtype)
+                    grad_hidden[start:end] = (grad_logits @ w).to(hidden.dtype)
                 if grad_weight is not None:  # the matmul in the compute dtype, the sum over chunks in fp32 or wider
                     grad_weight += (grad_logits.T @ h).to(exact)
         return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None
@@ -104,6 +105,10 @@ def sequence_logps_from_hidden(
     """`sequence_logps` from the last hidden states and the LM head's weight (a linear head without bias), never
     holding more than `chunk` tokens' logits: only the response tokens' positions go through the head.
 
+    Each sequence's tokens go through the head in blocks of their own (`chunk` at most), never mixed with another
+    sequence's, so a sequence's log-prob is the same bit for bit whatever batch it is in: the score stage's
+    reference and the trainer's first policy agree exactly (a matmul's rounding depends on the rows beside it).
+
     Args:
         hidden: (B, T, H) final hidden states (after the last norm), where position t predicts token t+1.
         head_weight: (V, H) the LM head's weight.
@@ -114,9 +119,13 @@ def sequence_logps_from_hidden(
         (sum of log-probs (B,), number of response tokens (B,)), equal to `sequence_logps` on the head's logits.
     """
     mask = loss_mask[:, 1:].bool()
-    rows = mask.nonzero()[:, 0]
+    counts = mask.sum(-1)
+    blocks, start = [], 0
+    for n in counts.tolist():
+        blocks += [(s, min(s + chunk, start + n)) for s in range(start, start + n, chunk)]
+        start += n
     token: torch.Tensor = _ChunkedTokenLogps.apply(  # type: ignore[no-untyped-call]
-        hidden[:, :-1][mask], head_weight, input_ids[:, 1:][mask], chunk
+        hidden[:, :-1][mask], head_weight, input_ids[:, 1:][mask], blocks
     )
-    sums = torch.zeros(hidden.shape[0], dtype=token.dtype, device=hidden.device).index_add(0, rows, token)
-    return sums, mask.sum(-1).to(torch.float32)
+    sums = torch.stack([t.sum() for t in token.split(counts.tolist())]) if len(token) else token.new_zeros(len(counts))
+    return sums, counts.to(torch.float32)

@@ -282,6 +282,48 @@ def test_seeded_prompts_beyond_one_scheduler_step(iteration):
     assert all(c.finish_reason in ("stop", "length") and len(c.token_ids) > 0 for c in response.completions)
 
 
+# Before the tests that run other iterations on the same Ray cluster: this one needs the run's generator up.
+def test_the_generators_sample_log_probs_equal_the_reference_forward(iteration):
+    """pairs.sample_logps "generator": summing vLLM's log-probs of the tokens it sampled gives what the score
+    stage's forward pass computes for them, under the model the generator serves (fp32 on both sides)."""
+    from jobs.iteration.score import ReferenceScorer, ScorerSpec
+
+    cfg, _, _ = iteration
+    app = generator_app_name(cfg)
+    info = generator_info(app)
+    pairs = read_pairs(cfg)[:12]
+    prompts = [p["prompt_ids"] for p in pairs]
+    request = GenerateRequest(
+        prompt_token_ids=prompts, max_tokens=[24] * len(prompts), seeds=list(range(len(prompts))), token_logps=True
+    )
+    completions = generator_handle(app).generate.remote(request).result(timeout_s=600).completions
+    assert all(len(c.token_logps) == len(c.token_ids) > 0 for c in completions)
+    given = [c.token_logps for c in completions]
+    given[0] = None  # a replay, say: scored by the forward pass
+    rows = pa.table(
+        {
+            "prompt_ids": prompts,
+            "real_ids": [p["real_ids"] for p in pairs],
+            "generated_ids": [c.token_ids for c in completions],
+            "generated_token_logps": given,
+        }
+    )
+    spec = dict(model_path=info.model_path, dtype="float32", pad_id=pad_id(load_tokenizer(info.model_path)))
+    spec |= dict(micro_batch_size=len(pairs), use_gpu=False, logprob_chunk_tokens=512, sample_logps=True)
+    scorer = ReferenceScorer(ScorerSpec(**spec))
+    real, from_generator = scorer.reference_logps(rows)
+    with torch.no_grad():
+        columns = [rows.column(c).to_pylist() for c in ("prompt_ids", "real_ids", "generated_ids")]
+        forward_real, forward_generated, _ = policy_logps(
+            scorer.model, collate_pairs(*columns, pad_id=spec["pad_id"]), 512
+        )
+    assert real == pytest.approx(forward_real.tolist(), abs=1e-4)
+    assert from_generator[0] == pytest.approx(float(forward_generated[0]), abs=1e-4)
+    # Tolerance per answer of up to 24 tokens: vLLM's CPU kernels and transformers' differ in rounding only.
+    differences = [abs(a - b) for a, b in zip(from_generator[1:], forward_generated[1:].tolist(), strict=True)]
+    assert max(differences) < 1e-2, differences
+
+
 def test_choices_never_read_the_test_split(iteration, tmp_path):
     """The test split's real answers poisoned: the same checkpoint is chosen, with the same validation scores, while
     the test metric sees the poison. Only training and evaluation are redone, on the undisturbed run's pairs."""
@@ -348,44 +390,3 @@ def test_continued_sft_takes_spins_steps_and_picks_its_lr_on_validation(iteratio
     for lr in grid:  # the candidates never answered the test split
         rows = storage.read_table(storage.baseline(CONTINUED_SFT, "candidates", f"lr_{lr:g}", "evaluation"))
         assert set(rows.column("split").to_pylist()) == {"validation"}
-
-
-def test_the_generators_sample_log_probs_equal_the_reference_forward(iteration):
-    """pairs.sample_logps "generator": summing vLLM's log-probs of the tokens it sampled gives what the score
-    stage's forward pass computes for them, under the model the generator serves (fp32 on both sides)."""
-    from jobs.iteration.score import ReferenceScorer, ScorerSpec
-
-    cfg, _, _ = iteration
-    app = generator_app_name(cfg)
-    info = generator_info(app)
-    pairs = read_pairs(cfg)[:12]
-    prompts = [p["prompt_ids"] for p in pairs]
-    request = GenerateRequest(
-        prompt_token_ids=prompts, max_tokens=[24] * len(prompts), seeds=list(range(len(prompts))), token_logps=True
-    )
-    completions = generator_handle(app).generate.remote(request).result(timeout_s=600).completions
-    assert all(len(c.token_logps) == len(c.token_ids) > 0 for c in completions)
-    given = [c.token_logps for c in completions]
-    given[0] = None  # a replay, say: scored by the forward pass
-    rows = pa.table(
-        {
-            "prompt_ids": prompts,
-            "real_ids": [p["real_ids"] for p in pairs],
-            "generated_ids": [c.token_ids for c in completions],
-            "generated_token_logps": given,
-        }
-    )
-    spec = dict(model_path=info.model_path, dtype="float32", pad_id=pad_id(load_tokenizer(info.model_path)))
-    spec |= dict(micro_batch_size=len(pairs), use_gpu=False, logprob_chunk_tokens=512, sample_logps=True)
-    scorer = ReferenceScorer(ScorerSpec(**spec))
-    real, from_generator = scorer.reference_logps(rows)
-    with torch.no_grad():
-        columns = [rows.column(c).to_pylist() for c in ("prompt_ids", "real_ids", "generated_ids")]
-        forward_real, forward_generated, _ = policy_logps(
-            scorer.model, collate_pairs(*columns, pad_id=spec["pad_id"]), 512
-        )
-    assert real == pytest.approx(forward_real.tolist(), abs=1e-4)
-    assert from_generator[0] == pytest.approx(float(forward_generated[0]), abs=1e-4)
-    # Tolerance per answer of up to 24 tokens: vLLM's CPU kernels and transformers' differ in rounding only.
-    differences = [abs(a - b) for a, b in zip(from_generator[1:], forward_generated[1:].tolist(), strict=True)]
-    assert max(differences) < 1e-2, differences
