@@ -112,6 +112,50 @@ def bare_vllm(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
     return _result(tokens, seconds, startup, len(prompts))
 
 
+def sample_logps_parity(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
+    """`pairs.sample_logps: generator`'s premise: vLLM's log-prob of each token it sampled (at T=1, top-p 1) summed
+    over an answer equals the trainer's forward pass on that answer (`policy_logps`, the score stage's)."""
+    import os
+
+    import torch
+
+    from cluster.runtime import vllm_env
+    from jobs.chat import pad_id
+    from jobs.config import TrainConfig
+    from jobs.hf import load_causal_lm, load_tokenizer
+    from jobs.iteration.train_step import policy_logps
+    from jobs.spin.collate import collate_pairs
+    from services.generator.deployment import engine_kwargs
+
+    os.environ.update(vllm_env(_use_gpu()))
+    from vllm import LLM, SamplingParams, TokensPrompt
+
+    model_dir = prepare_model(size.model)
+    prompts = bench_prompts(model_dir, size.prompts, size.seed)
+    llm = LLM(**engine_kwargs(_generator_args(model_dir, size), model_dir))
+    params = [
+        SamplingParams(temperature=1.0, top_p=1.0, max_tokens=size.max_new_tokens, seed=size.seed + i, logprobs=0)
+        for i in range(len(prompts))
+    ]
+    samples = [o.outputs[0] for o in llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params)]
+    answers = [list(c.token_ids) for c in samples]
+    vllm_sums = [sum(step[t].logprob for step, t in zip(c.logprobs, c.token_ids, strict=True)) for c in samples]
+    device = "cuda" if _use_gpu() else "cpu"
+    model = load_causal_lm(model_dir, size.dtype, device).eval()
+    batch = collate_pairs(prompts, answers, answers, pad_id=pad_id(load_tokenizer(model_dir))).to(device)
+    with torch.no_grad():
+        forward, _, _ = policy_logps(model, batch, TrainConfig().logprob_chunk_tokens)
+    differences = [abs(a - float(b)) for a, b in zip(vllm_sums, forward.tolist(), strict=True)]
+    return {
+        "answers": len(answers),
+        "tokens": sum(len(a) for a in answers),
+        "max_abs_diff": max(differences),
+        "mean_abs_diff": sum(differences) / len(differences),
+        "max_diff_per_token": max(d / max(1, len(a)) for d, a in zip(differences, answers, strict=True)),
+        "mean_abs_logp": sum(abs(v) for v in vllm_sums) / len(vllm_sums),
+    }
+
+
 def _generator_args(model_dir: str, size: Size) -> Any:
     from services.generator.schemas import GeneratorArgs
 
@@ -210,12 +254,19 @@ def ray_data_stage(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
         return _result(tokens, time.perf_counter() - start, startup, len(messages))
 
 
-CASES = {"hf_generate": hf_generate, "bare_vllm": bare_vllm, "serve_handle": serve_handle, "ray_data": ray_data_stage}
+CASES = {
+    "hf_generate": hf_generate,
+    "bare_vllm": bare_vllm,
+    "serve_handle": serve_handle,
+    "ray_data": ray_data_stage,
+    "sample_logps_parity": sample_logps_parity,
+}
 
 
 def rows(results: dict[str, dict[str, Any]], on_gpu: bool) -> list[Row]:
-    """Tokens/s of each case, and the ratios the issue sets targets for."""
-    return measured_rows(
+    """Tokens/s of each case, the ratios the issue sets targets for, and the sample log-probs' parity."""
+    out = _parity_rows(results.get("sample_logps_parity", {}))
+    return out + measured_rows(
         "generation",
         results,
         "tokens_per_s",
@@ -228,6 +279,16 @@ def rows(results: dict[str, dict[str, Any]], on_gpu: bool) -> list[Row]:
             ("hf_generate", None, {}),
         ],
     )
+
+
+def _parity_rows(parity: dict[str, Any]) -> list[Row]:
+    """The largest difference per answer between vLLM's summed sample log-probs and the trainer's; the tolerance
+    (0.01 nats, a margin error of 0.001 at β 0.1) is what tests/integration/test_iteration.py holds it to."""
+    if "max_abs_diff" not in parity:
+        return []
+    value = parity["max_abs_diff"]
+    metric = f"max |Δ log p| per answer ({parity['answers']} answers)"
+    return [Row("generation", "sample_logps_parity", metric, value, "nats", None, None, "< 0.01", value < 0.01)]
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def report(tmp_path_factory):
 
 def test_every_bench_reports_every_case(report):
     results = report["results"]
-    assert set(results["generation"]) == {"hf_generate", "bare_vllm", "serve_handle", "ray_data"}
+    assert set(results["generation"]) == {"hf_generate", "bare_vllm", "serve_handle", "ray_data", "sample_logps_parity"}
     assert set(results["training"]) == {
         "spin_update",
         "spin_update_full_logits",
@@ -47,9 +47,16 @@ def test_every_bench_reports_every_case(report):
 
 def test_generation_counts_the_same_work_in_every_engine(report):
     size = report["size"]
-    for name, r in report["results"]["generation"].items():
+    for name in ("hf_generate", "bare_vllm", "serve_handle", "ray_data"):
+        r = report["results"]["generation"][name]
         assert 0 < r["tokens"] <= size["prompts"] * size["max_new_tokens"], name
         assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["seconds"]), name
+
+
+def test_the_generators_sample_log_probs_match_the_trainers(report):
+    parity = report["results"]["generation"]["sample_logps_parity"]
+    assert parity["answers"] == report["size"]["prompts"] and parity["tokens"] > 0
+    assert parity["max_abs_diff"] < 0.01 < parity["mean_abs_logp"]
 
 
 def test_both_trainers_compute_the_same_loss_on_the_same_tokens(report):
