@@ -42,7 +42,7 @@ class ScorerSpec(BaseModel):
     micro_batch_size: int
     use_gpu: bool
     mask_after_divergence: bool = False
-    logprob_chunk_tokens: int | None = None  # the trainer's, so reference and policy are computed alike
+    logprob_chunk_tokens: int | None  # the trainer's, so reference and policy are computed alike
     sample_logps: bool = False  # take a sample's log-prob from the generator's, where the record has them
 
 

@@ -109,14 +109,13 @@ def response_logps(
     batch: Sequence[tuple[Sequence[int], Sequence[int]]],
     pad_id: int,
     device: torch.device | str = "cpu",
-    chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of each (prompt, response)'s response given its prompt, and its response tokens, each (B,):
     the SFT loss's forward pass, and how every evaluated model's likelihood of the real answers is measured."""
     ids, attention, positions, loss_mask = (
         t.to(device) for t in pad_sequences([p for p, _ in batch], [r for _, r in batch], pad_id)
     )
-    return summed_logps(model, ids, attention, positions, loss_mask, chunk)
+    return summed_logps(model, ids, attention, positions, loss_mask, chunk=None)  # no-grad or SFT: the full logits
 
 
 def spin_forward(

@@ -49,7 +49,7 @@ def refresh_post_load(worker: Any) -> None:
         method.process_weights_after_loading(lm_head)
 
 
-def _sampled_logps(output: Any) -> list[float]:
+def sampled_token_logps(output: Any) -> list[float]:
     """The log-prob of each token vLLM sampled for one completion (its `logprobs`: one {token: Logprob} per step)."""
     return [float(step[token].logprob) for step, token in zip(output.logprobs, output.token_ids, strict=True)]
 
@@ -143,7 +143,7 @@ class SpinGenerator:
                 text=o.text,
                 token_ids=list(o.token_ids),
                 finish_reason=o.finish_reason or "abort",
-                token_logps=_sampled_logps(o) if request.token_logps else None,
+                token_logps=sampled_token_logps(o) if request.token_logps else None,
             )
             for out in outputs
             for o in sorted(out.outputs, key=lambda c: c.index)

@@ -125,7 +125,7 @@ def sample_logps_parity(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
     from jobs.hf import load_causal_lm, load_tokenizer
     from jobs.iteration.train_step import policy_logps
     from jobs.spin.collate import collate_pairs
-    from services.generator.deployment import engine_kwargs
+    from services.generator.deployment import engine_kwargs, sampled_token_logps
 
     os.environ.update(vllm_env(_use_gpu()))
     from vllm import LLM, SamplingParams, TokensPrompt
@@ -139,7 +139,7 @@ def sample_logps_parity(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
     ]
     samples = [o.outputs[0] for o in llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params)]
     answers = [list(c.token_ids) for c in samples]
-    vllm_sums = [sum(step[t].logprob for step, t in zip(c.logprobs, c.token_ids, strict=True)) for c in samples]
+    vllm_sums = [sum(sampled_token_logps(c)) for c in samples]
     device = "cuda" if _use_gpu() else "cpu"
     model = load_causal_lm(model_dir, size.dtype, device).eval()
     batch = collate_pairs(prompts, answers, answers, pad_id=pad_id(load_tokenizer(model_dir))).to(device)

@@ -309,13 +309,18 @@ def test_the_generators_sample_log_probs_equal_the_reference_forward(iteration):
         }
     )
     spec = dict(model_path=info.model_path, dtype="float32", pad_id=pad_id(load_tokenizer(info.model_path)))
-    spec |= dict(micro_batch_size=len(pairs), use_gpu=False, logprob_chunk_tokens=512, sample_logps=True)
+    spec |= dict(
+        micro_batch_size=len(pairs),
+        use_gpu=False,
+        logprob_chunk_tokens=cfg.train.logprob_chunk_tokens,
+        sample_logps=True,
+    )
     scorer = ReferenceScorer(ScorerSpec(**spec))
     real, from_generator = scorer.reference_logps(rows)
     with torch.no_grad():
         columns = [rows.column(c).to_pylist() for c in ("prompt_ids", "real_ids", "generated_ids")]
         forward_real, forward_generated, _ = policy_logps(
-            scorer.model, collate_pairs(*columns, pad_id=spec["pad_id"]), 512
+            scorer.model, collate_pairs(*columns, pad_id=spec["pad_id"]), cfg.train.logprob_chunk_tokens
         )
     assert real == pytest.approx(forward_real.tolist(), abs=1e-4)
     assert from_generator[0] == pytest.approx(float(forward_generated[0]), abs=1e-4)
