@@ -106,8 +106,9 @@ def sequence_logps_from_hidden(
     holding more than `chunk` tokens' logits: only the response tokens' positions go through the head.
 
     Each sequence's tokens go through the head in blocks of their own (`chunk` at most), never mixed with another
-    sequence's, so a sequence's log-prob is the same bit for bit whatever batch it is in: the score stage's
-    reference and the trainer's first policy agree exactly (a matmul's rounding depends on the rows beside it).
+    sequence's, so the head adds no rounding that depends on the rest of the batch (a matmul's can depend on the
+    rows beside it). The decoder's matmuls still can, so the score stage's reference and the trainer's first policy
+    agree to float rounding (about 1e-7 relative in fp32), not always bit for bit.
 
     Args:
         hidden: (B, T, H) final hidden states (after the last norm), where position t predicts token t+1.

@@ -75,7 +75,7 @@ def test_pairs_use_one_chat_template_and_the_generators_tokens(iteration, sft_mo
         assert math.isfinite(pair["ref_logp_real"]) and pair["ref_logp_real"] < 0
 
 
-def test_first_step_is_exact_and_the_loss_falls(iteration):
+def test_first_step_starts_at_the_reference_and_the_loss_falls(iteration):
     cfg, metrics, _ = iteration
     history = metrics.train.history
     plan = StepPlan(TRAIN, 2, 4, cfg.train.accumulation_steps, 4)
@@ -83,8 +83,9 @@ def test_first_step_is_exact_and_the_loss_falls(iteration):
     first = history[0]
     assert abs(first.margin) < 1e-3
     assert first.loss == pytest.approx(math.log(2), abs=1e-4)
-    # At margin 0 no pair's real reward is strictly above its generated one.
-    assert first.rewards_accuracies == 0.0
+    # The policy is the reference: rewards are float rounding (the score stage and the trainer batch the pairs
+    # differently, and a matmul's rounding can depend on its shape), so rewards/accuracies at step 0 counts noise.
+    assert abs(first.rewards_real) < 1e-5 and abs(first.rewards_generated) < 1e-5
     # Per step the loss is noisy (each step sees other pairs); over epochs of the same pairs it must fall.
     epoch_mean = [sum(h.loss for h in history if h.epoch == e) / 5 for e in range(4)]
     assert epoch_mean[-1] < epoch_mean[0] - 0.15, [round(h.loss, 4) for h in history]

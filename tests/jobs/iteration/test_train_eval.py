@@ -57,7 +57,7 @@ def test_validation_diagnostics_at_the_reference_and_by_hand(tiny_model_dir):
         )
     train = TrainConfig(beta=0.1, loss_type="sigmoid", logprob_chunk_tokens=512)
     metrics = validation_diagnostics(model, batches, train)
-    assert abs(metrics["margin"]) < 1e-4 and metrics["rewards/accuracies"] == 0.0
+    assert abs(metrics["margin"]) < 1e-4  # rewards/accuracies at margin 0 would count rounding noise
     expected_nll = -float(ref_real.sum()) / sum(len(r) for r in real)
     assert abs(metrics["nll/real"] - expected_nll) < 1e-4
     assert abs(metrics["logps/real"] - float(ref_real.mean())) < 1e-4
