@@ -33,6 +33,13 @@ class Stage:
         self.progress, self.name, self.total = progress, name, total
         self.completed = 0
         self.done_before = False
+        self.started = time.perf_counter()
+
+    def part(self, name: str, seconds: float | None = None) -> None:
+        """Record `seconds` of the stage spent on `name` (None: the time from the stage's start until now, for a part
+        that ends here), as `<stage>/<name>` in the iteration's `stage_parts`."""
+        spent = time.perf_counter() - self.started if seconds is None else seconds
+        self.progress.parts[f"{self.name}/{name}"] = round(spent, 3)
 
     def already_done(self) -> None:
         """The stage's output exists from an earlier attempt: nothing is redone, its time is not re-measured."""
@@ -51,14 +58,15 @@ class Progress:
     def __init__(self, *sinks: Sink):
         self.sinks = list(sinks)
         self.seconds: dict[str, float] = {}
+        self.parts: dict[str, float] = {}  # where a stage's time went (Stage.part)
 
     @contextlib.contextmanager
     def stage(self, name: str, total: int | None = None) -> Iterator[Stage]:
         for sink in self.sinks:
             sink.start(name, total)
-        start = time.perf_counter()
         error = None
         stage = Stage(self, name, total)
+        start = stage.started
         try:
             yield stage
         except BaseException as e:

@@ -55,13 +55,13 @@ def _run_stages(ctx: IterationContext, progress: Progress, status: StatusSink) -
 
     with progress.stage("generate") as stage:
         if not storage.is_complete(storage.generations(k)):
-            ctx.serve(ctx.model_uri, version=k)  # model k answers its own prompts
+            stage.part("serve", ctx.serve(ctx.model_uri, version=k))  # model k answers its own prompts
         generation = run_generate(ctx, stage)
     with progress.stage("score") as stage:
         scoring = run_score(ctx, stage)
     if evaluating and k == 0:
         with progress.stage("baseline") as stage:
-            ctx.serve(ctx.model_uri, version=0)
+            stage.part("serve", ctx.serve(ctx.model_uri, version=0))
             baseline = run_baseline(ctx, stage)
     with progress.stage("train") as stage:
         training = run_train(ctx, stage)
@@ -85,6 +85,7 @@ def _run_stages(ctx: IterationContext, progress: Progress, status: StatusSink) -
         model_in=ctx.model_uri,
         model_out=storage.uri_of(storage.model(k)),
         stage_seconds=dict(status.status["stage_seconds"]),
+        stage_parts=dict(progress.parts),
         generate=generation,
         score=scoring,
         train=training,

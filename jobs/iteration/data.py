@@ -3,6 +3,7 @@ stage records written and read back as committed Parquet folders."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ from ray.data.datasource import FileBasedDatasource
 
 from cluster.files import MARKER
 from jobs.config import DataConfig
+from jobs.progress import Stage
 from jobs.records import SFT_ROW_SCHEMA
 from jobs.sft_rows import chatterbot_rows, file_kind, iter_raw_rows, rows_table
 from jobs.sft_rows import index_rows as sft_index_rows
@@ -93,31 +95,63 @@ def write_records(
     meta: dict[str, Any] | None = None,
     on_batch: Callable[[int, pa.Table], None] | None = None,
     expected: int | None = None,
+    stage: Stage | None = None,
 ) -> int:
     """Stream `ds` into Parquet parts under `path`, committed atomically; returns the row count.
 
     The driver writes the parts as batches arrive; `on_batch(rows so far, batch)` follows the progress. With
-    `expected`, any other row count is an error and nothing is committed.
+    `expected`, any other row count is an error and nothing is committed. `stage` records two parts of its time:
+    `first_records`, from the pipeline's start to its first batch (its actors starting, loading, and the first
+    batch's own work), and `commit`.
     """
     staging = storage.staging_path(path)
-    rows = 0
+    rows, started = 0, time.perf_counter()
+    parts = _PartWriter(storage, staging, schema)
     try:
-        for i, batch in enumerate(ds.iter_batches(batch_format="pyarrow", batch_size=None)):
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             if batch.num_rows == 0:
                 continue
-            with storage.fs.open_output_stream(f"{staging}/part-{i:05d}.parquet") as f:
-                pq.write_table(batch.cast(schema), f)
+            if stage is not None and rows == 0:
+                stage.part("first_records", time.perf_counter() - started)
+            parts.add(batch)
             rows += batch.num_rows
             if on_batch:
                 on_batch(rows, batch)
+        parts.flush()
     except BaseException:
         storage.fs.delete_dir(staging)  # nothing half-written stays behind
         raise
     if expected is not None and rows != expected:
         storage.fs.delete_dir(staging)
         raise RuntimeError(f"{storage.uri_of(path)}: {rows} records were produced for {expected} inputs")
+    committing = time.perf_counter()
     storage.commit(staging, path, {"rows": rows, **(meta or {})})
+    if stage is not None:
+        stage.part("commit", time.perf_counter() - committing)
     return rows
+
+
+class _PartWriter:
+    """Batches gathered into Parquet parts of ROWS_PER_BLOCK rows or more (the last may be smaller): the generate
+    stage's batches are one generator request each, and a folder of thousands of tiny files reads slowly."""
+
+    def __init__(self, storage: RunStorage, folder: str, schema: pa.Schema):
+        self.storage, self.folder, self.schema = storage, folder, schema
+        self.pending: list[pa.Table] = []
+        self.written = 0
+
+    def add(self, batch: pa.Table) -> None:
+        self.pending.append(batch.cast(self.schema))
+        if sum(t.num_rows for t in self.pending) >= ROWS_PER_BLOCK:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        with self.storage.fs.open_output_stream(f"{self.folder}/part-{self.written:05d}.parquet") as f:
+            pq.write_table(pa.concat_tables(self.pending), f)
+        self.written += 1
+        self.pending = []
 
 
 def read_records(storage: RunStorage, paths: list[str]) -> ray.data.Dataset:

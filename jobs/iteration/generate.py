@@ -200,6 +200,9 @@ def generation_dataset(
     rows: ray.data.Dataset, spec: CallerSpec, prompts_per_request: int, callers: int
 ) -> ray.data.Dataset:
     """SFT rows (with their split) mapped to generation records by `callers` actors calling the deployment."""
+    # One request's prompts per block: an actor takes a whole block per task, so a block of thousands of rows
+    # kept one caller (one request in flight) busy while the others waited.
+    rows = rows.repartition(target_num_rows_per_block=prompts_per_request)
     return rows.map_batches(
         GeneratorCaller,
         fn_constructor_kwargs={"spec": spec},
@@ -296,7 +299,9 @@ def _write_generations(
         meta.update(dict(counts), tokens_per_s=tokens_per_s)
         stage.update(rows, tokens_per_s=tokens_per_s)
 
-    write_records(generations, storage, path, GENERATION_SCHEMA, meta=meta, on_batch=on_batch, expected=expected)
+    write_records(
+        generations, storage, path, GENERATION_SCHEMA, meta=meta, on_batch=on_batch, expected=expected, stage=stage
+    )
 
 
 def _pair_counts(batch: pa.Table) -> dict[str, int]:

@@ -158,4 +158,4 @@ def _score(
         **resources,
     )
     progress = lambda rows, _: stage.update(done + rows)  # noqa: E731
-    write_records(pairs, ctx.storage, path, PAIR_SCHEMA, meta=meta, on_batch=progress, expected=total)
+    write_records(pairs, ctx.storage, path, PAIR_SCHEMA, meta=meta, on_batch=progress, expected=total, stage=stage)

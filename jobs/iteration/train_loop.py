@@ -13,11 +13,14 @@ last) model is what gets published as a Hugging Face checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +97,24 @@ class Worker:
     rank: int
     evaluator: ValidationEvaluator | None
     progress: Any
+    spent: Counter[str] = field(default_factory=Counter)  # seconds per part of the stage (rank 0 reports them)
+
+
+def _tell(w: Worker, part: str, seconds: float | None = None) -> None:
+    """Report a part of the train stage's time to the driver (None: the part ends now)."""
+    if w.rank == 0 and w.progress is not None:
+        w.progress.put_nowait({"part": part, "seconds": seconds})
+
+
+@contextlib.contextmanager
+def _timed(w: Worker, part: str) -> Iterator[None]:
+    """Add the block's seconds to `part`, and report the sum so far."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        w.spent[part] += time.perf_counter() - started
+        _tell(w, part, w.spent[part])
 
 
 def _shard_model(model: torch.nn.Module, device: torch.device, world_size: int, bf16: bool) -> None:
@@ -145,7 +166,7 @@ def _save_checkpoint(w: Worker, metrics: dict[str, Any]) -> None:
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_sd, optim_sd = get_state_dict(w.model, w.optimizer)
-    with tempfile.TemporaryDirectory() as tmp:
+    with _timed(w, "checkpoints"), tempfile.TemporaryDirectory() as tmp:
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=tmp)
         if w.rank == 0:
             state = w.state.to_json() | {"scheduler": w.scheduler.state_dict()}
@@ -176,12 +197,13 @@ def _export(w: Worker, path: str, meta: dict[str, Any]) -> None:
     """Gather the full weights (a collective) and let rank 0 commit them as a Hugging Face checkpoint."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    full = get_model_state_dict(w.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if w.rank == 0:
-        with tempfile.TemporaryDirectory() as tmp:
-            save_hf_checkpoint(full, w.source_dir, tmp, w.spec.save_dtype)
-            RunStorage(w.spec.storage_uri).upload_dir(tmp, path, meta)
-    dist.barrier()
+    with _timed(w, "exports"):
+        full = get_model_state_dict(w.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if w.rank == 0:
+            with tempfile.TemporaryDirectory() as tmp:
+                save_hf_checkpoint(full, w.source_dir, tmp, w.spec.save_dtype)
+                RunStorage(w.spec.storage_uri).upload_dir(tmp, path, meta)
+        dist.barrier()
 
 
 def _evaluate(w: Worker) -> bool:
@@ -189,7 +211,8 @@ def _evaluate(w: Worker) -> bool:
     returns whether this evaluation is the new best."""
     assert w.evaluator is not None
     spec, state = w.spec, w.state
-    metrics = w.evaluator(w.model)
+    with _timed(w, "evaluations"):
+        metrics = w.evaluator(w.model)
     state.evals.append({"step": state.step, **metrics})
     score = metrics["task_metric"] if spec.eval.task != "none" else -metrics["nll/real"]
     improved = state.best is None or score > state.best["score"]
@@ -234,6 +257,8 @@ def _optimizer_step(w: Worker, epoch: int, sums: torch.Tensor, tokens: int, seco
     w.state.history.append(metrics)
     if w.rank == 0 and w.progress is not None:
         w.progress.put_nowait({"total_steps": w.plan.total_steps, **metrics})
+    if len(w.state.history) == 1:
+        _tell(w, "first_step")
     return metrics
 
 
@@ -289,7 +314,10 @@ def _publish(w: Worker) -> None:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    started = time.perf_counter()
     w = _start(TrainSpec.model_validate(config["spec"]), config.get("progress"))
+    _tell(w, "load", time.perf_counter() - started)  # the model loaded and sharded, the validation pairs read
+    _tell(w, "workers_ready")
     _resume(w)
     if w.evaluator and not w.state.evals:
         _evaluate(w)

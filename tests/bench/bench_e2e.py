@@ -118,6 +118,7 @@ def iteration(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
         "pairs": metrics.train.pairs,
         "wall_s": wall,
         "stage_seconds": metrics.stage_seconds,
+        "stage_parts": metrics.stage_parts,
         "peak_memory_mb": memory.peak_mb,
     }
 
@@ -146,7 +147,8 @@ def rows(results: dict[str, Any]) -> list[Row]:
     for n, r in results.items():
         it, gen, train = r["iteration"], r["bare_generation"], r["bare_training"]
         bare = gen["seconds"] + gen["startup_s"] + train["score_seconds"] + train["seconds"]
-        out.append(compare("e2e", f"{n} prompts", "wall time", it["wall_s"], "s", "bare stages", bare))
+        out.append(compare("e2e", f"{n} prompts", "wall time", it["wall_s"], "s", "bare stages", bare, at_most=2.0))
+        out += breakdown_rows(f"{n} prompts", it)
         if first is None:
             first = (int(n), it)
         else:
@@ -157,6 +159,18 @@ def rows(results: dict[str, Any]) -> list[Row]:
         if first[0] != int(n):
             growth = it["peak_memory_mb"] / max(first[1]["peak_memory_mb"], 1.0)
             out.append(Row("e2e", f"{n} prompts", f"peak memory / at {first[0]}", growth, "", target="~1 (flat)"))
+    return out
+
+
+def breakdown_rows(case: str, it: dict[str, Any]) -> list[Row]:
+    """Where the iteration's wall time went: each stage's seconds, then the parts of it the stages record
+    (`IterationMetrics.stage_parts`), as a share of the wall time."""
+    wall, out = it["wall_s"], []
+    for stage, seconds in it.get("stage_seconds", {}).items():
+        out.append(Row("e2e", case, stage, seconds, "s", "wall time", seconds / wall or None))
+        for name, part in it.get("stage_parts", {}).items():
+            if name.startswith(f"{stage}/"):
+                out.append(Row("e2e", case, f"  {name}", part, "s", "wall time", part / wall or None))
     return out
 
 

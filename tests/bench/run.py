@@ -48,7 +48,9 @@ def run_cases(module: str, cases: dict[str, object], size: Size, skip_missing: b
     return out
 
 
-def run_benches(names: list[str], size: Size, skip_missing: bool = False) -> tuple[dict[str, object], list[Row]]:
+def run_benches(
+    names: list[str], size: Size, skip_missing: bool = False, e2e_model: str = "tiny"
+) -> tuple[dict[str, object], list[Row]]:
     results: dict[str, object] = {}
     rows: list[Row] = []
     on_gpu = bool(machine()["gpu"])
@@ -61,7 +63,7 @@ def run_benches(names: list[str], size: Size, skip_missing: bool = False) -> tup
         results["training"] = train
         rows += bench_training.rows(train)
     if "e2e" in names:
-        e2e = bench_e2e.measure(replace(size, model="tiny", dtype="float32"))
+        e2e = bench_e2e.measure(replace(size, model=e2e_model, dtype="float32"))
         results["e2e"] = e2e
         rows += bench_e2e.rows(e2e)
     if "effect" in names:
@@ -75,7 +77,12 @@ def run_benches(names: list[str], size: Size, skip_missing: bool = False) -> tup
 def main(
     benches: Annotated[list[str] | None, typer.Argument(help=f"Any of {', '.join(BENCHES)}; all by default.")] = None,
     smoke: Annotated[bool, typer.Option(help="Tiny sizes and the tiny model: checks the harness only.")] = False,
-    model: Annotated[str | None, typer.Option(help="tiny, smollm2 or a Hugging Face folder.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="tiny, smollm2 or a Hugging Face folder (default: smollm2; e2e: tiny).")
+    ] = None,
+    e2e_prompts: Annotated[
+        list[int] | None, typer.Option(help="The e2e bench's prompt counts (repeat the option; default 64, 256, 1024).")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Where the JSON results go.")] = ROOT / ".cache" / "bench" / "results.json",
     skip_missing: Annotated[bool, typer.Option(help="Record cases whose engine is not installed as skipped.")] = False,
     allocator: Annotated[
@@ -92,7 +99,9 @@ def main(
     size = Size.smoke() if smoke else Size()
     if model:
         size = replace(size, model=model)
-    results, rows = run_benches(names, size, skip_missing)
+    if e2e_prompts:
+        size = replace(size, e2e_prompts=e2e_prompts)
+    results, rows = run_benches(names, size, skip_missing, e2e_model=model or "tiny")
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -30,7 +30,10 @@ def report(tmp_path_factory):
 
 def test_every_bench_reports_every_case(report):
     results = report["results"]
-    assert set(results["generation"]) == {"hf_generate", "bare_vllm", "serve_handle", "ray_data", "sample_logps_parity"}
+    assert set(results["generation"]) == {
+        *("hf_generate", "bare_vllm", "serve_handle", "ray_data", "sample_logps_parity"),
+        *("bare_vllm_many", "ray_data_many"),
+    }
     assert set(results["training"]) == {
         "spin_update",
         "spin_update_full_logits",
@@ -51,6 +54,10 @@ def test_generation_counts_the_same_work_in_every_engine(report):
         r = report["results"]["generation"][name]
         assert 0 < r["tokens"] <= size["prompts"] * size["max_new_tokens"], name
         assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["seconds"]), name
+    for name in ("ray_data", "ray_data_many"):
+        assert 0 < report["results"]["generation"][name]["pool_startup_s"], name
+    generation = report["results"]["generation"]
+    assert generation["ray_data_many"]["prompts"] == generation["bare_vllm_many"]["prompts"] == size["prompts"] * 16
 
 
 def test_the_generators_sample_log_probs_match_the_trainers(report):
@@ -84,6 +91,7 @@ def test_end_to_end_runs_each_size_and_its_bare_stages(report):
         assert r["iteration"]["prompts"] == r["iteration"]["pairs"] == int(n)
         assert r["iteration"]["wall_s"] > 0 and r["iteration"]["peak_memory_mb"] > 0
         assert {"generate", "score", "train", "publish"} <= set(r["iteration"]["stage_seconds"])
+        assert {"generate/serve", "generate/first_records", "train/workers_ready"} <= set(r["iteration"]["stage_parts"])
         assert r["bare_generation"]["tokens"] > 0 and r["bare_training"]["tokens"] > 0
 
 

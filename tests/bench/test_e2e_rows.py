@@ -20,3 +20,19 @@ def test_growth_is_read_against_the_smallest_count():
     assert table[("32 prompts", "time growth / prompt growth")].value == pytest.approx((24.0 / 12.0) / 4)
     assert table[("32 prompts", "peak memory / at 8")].value == pytest.approx(1.5)
     assert ("8 prompts", "time growth / prompt growth") not in table
+
+
+def test_the_breakdown_lists_each_stage_then_its_parts_as_shares_of_the_wall_time():
+    result = measured(20.0, 100.0)
+    result["iteration"] |= {
+        "stage_seconds": {"generate": 10.0, "train": 8.0},
+        "stage_parts": {"train/workers_ready": 5.0, "generate/serve": 4.0, "generate/commit": 0.0},
+    }
+    breakdown = [(r.metric, r.value, r.ratio) for r in rows({"8": result}) if r.peer == "wall time"]
+    assert breakdown == [
+        ("generate", 10.0, 0.5),
+        ("  generate/serve", 4.0, 0.2),
+        ("  generate/commit", 0.0, None),
+        ("train", 8.0, 0.4),
+        ("  train/workers_ready", 5.0, 0.25),
+    ]

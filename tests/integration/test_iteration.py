@@ -92,6 +92,14 @@ def test_first_step_starts_at_the_reference_and_the_loss_falls(iteration):
     last_epoch = [h for h in history if h.epoch == 3]
     assert sum(h.rewards_accuracies for h in last_epoch) / 5 > 0.6
     assert set(metrics.stage_seconds) == {"generate", "score", "baseline", "train", "publish", "evaluate"}
+    parts = metrics.stage_parts
+    assert {
+        *("generate/serve", "generate/first_records", "generate/commit", "score/first_records", "score/commit"),
+        *("baseline/serve", "train/workers_ready", "train/first_step", "train/checkpoints", "train/evaluations"),
+    } <= set(parts)
+    for name, seconds in parts.items():
+        assert 0 <= seconds <= metrics.stage_seconds[name.split("/")[0]], (name, parts, metrics.stage_seconds)
+    assert parts["train/workers_ready"] < parts["train/first_step"]
 
 
 def test_checkpoint_loads_in_transformers_and_vllm_with_the_same_greedy_tokens(iteration):
@@ -194,6 +202,21 @@ def test_a_failing_write_leaves_nothing_behind(ray_cluster, tmp_path):
     assert list((tmp_path / "iter_0").iterdir()) == []
 
 
+def test_small_batches_are_written_as_parts_of_thousands_of_rows(ray_cluster, tmp_path):
+    """One generator request's records per batch: gathered, so a folder holds a few parts, every row once."""
+    import ray.data
+
+    from jobs.iteration.data import ROWS_PER_BLOCK, write_records
+
+    storage = RunStorage(str(tmp_path))
+    ds = ray.data.range(10_000, override_num_blocks=100)
+    assert write_records(ds, storage, storage.pairs(0), pa.schema([("id", pa.int64())]), expected=10_000) == 10_000
+    parts = sorted((tmp_path / "iter_0" / "pairs").glob("*.parquet"))
+    sizes = [pq.read_metadata(p).num_rows for p in parts]  # whole batches of 100, at least ROWS_PER_BLOCK a part
+    assert len(sizes) == 3 and all(ROWS_PER_BLOCK <= n < ROWS_PER_BLOCK + 100 for n in sizes[:-1])
+    assert sorted(pa.concat_tables(pq.read_table(p) for p in parts).column("id").to_pylist()) == list(range(10_000))
+
+
 def _weights(model_dir):
     from safetensors.torch import load_file
 
@@ -281,6 +304,42 @@ def test_seeded_prompts_beyond_one_scheduler_step(iteration):
     response = generator_handle(generator_app_name(cfg)).generate.remote(request).result(timeout_s=600)
     assert len(response.completions) == 64
     assert all(c.finish_reason in ("stop", "length") and len(c.token_ids) > 0 for c in response.completions)
+
+
+def test_prompts_in_one_block_reach_the_generator_in_requests_from_every_caller(iteration):
+    """SFT rows read as one big block still go out one request per task, spread over the callers: a caller takes
+    a whole block per task, so one block kept one request in flight (half the engine's batch with 2 callers)."""
+    import json
+
+    import ray.data
+
+    from jobs.config import SamplingConfig
+    from jobs.iteration.generate import CallerSpec, generation_dataset
+
+    cfg, _, problems = iteration
+    chosen = problems[:48]
+    app = generator_app_name(cfg)
+    info = generator_info(app)
+    rows = pa.table(
+        {
+            "prompt_id": [p.prompt_id for p in chosen],
+            "split": ["train"] * len(chosen),
+            "messages": [json.dumps([{"role": "user", "content": p.question}]) for p in chosen],
+            "real": [p.solution for p in chosen],
+        }
+    )
+    spec = CallerSpec(
+        tokenizer_path=info.model_path,
+        app_name=app,
+        iteration=info.model_version,
+        model_version=info.model_version,
+        sampling=SamplingConfig(max_new_tokens=4),
+        max_prompt_length=cfg.train.max_prompt_length,
+        max_length=cfg.train.max_length,
+        timeout_s=600,
+    )
+    records = generation_dataset(ray.data.from_arrow(rows), spec, prompts_per_request=16, callers=2).materialize()
+    assert records.count() == 48 and records.num_blocks() == 3  # one per request of 16
 
 
 # Before the tests that run other iterations on the same Ray cluster: this one needs the run's generator up.

@@ -44,6 +44,18 @@ def test_stages_fan_out_to_every_sink_and_keep_their_times():
     assert set(progress.seconds) == {"generate"}
 
 
+def test_a_stage_records_where_its_time_went():
+    import time
+
+    progress = Progress()
+    with progress.stage("train") as stage:
+        stage.part("checkpoints", 1.23456)
+        time.sleep(0.05)
+        stage.part("workers_ready")  # ends now: measured from the stage's start
+    assert progress.parts["train/checkpoints"] == 1.235
+    assert 0.05 <= progress.parts["train/workers_ready"] <= progress.seconds["train"]
+
+
 def test_a_failing_stage_reports_its_error_and_raises():
     sink = Recorder()
     with pytest.raises(ValueError, match="bad row"), Progress(sink).stage("generate"):

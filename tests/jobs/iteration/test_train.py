@@ -16,3 +16,17 @@ def test_a_workers_step_event_reaches_the_progress_sinks_with_its_names_unchange
     assert (step, total) == (3, 20)
     assert set(info) == {*METRIC_NAMES, "tokens_per_s"} == set(RELAYED)
     assert info["rewards/accuracies"] == 0.75 and info["loss"] == 0.6 and info["tokens_per_s"] == 900.0
+
+
+def test_the_relay_forwards_steps_and_parts_even_those_put_as_the_group_ends(ray_cluster):
+    from jobs.iteration.train import relayed
+    from jobs.progress import Progress
+
+    progress = Progress()
+    with progress.stage("train") as stage, relayed(stage) as events:
+        events.put({"part": "workers_ready", "seconds": None})  # ends now, on the driver's clock
+        events.put({"step": 1, "total_steps": 2, "loss": 0.5})
+        events.put({"part": "checkpoints", "seconds": 1.5})  # the last, as the block ends: drained, not lost
+    assert progress.parts["train/checkpoints"] == 1.5
+    assert 0 <= progress.parts["train/workers_ready"] <= progress.seconds["train"]
+    assert (stage.completed, stage.total) == (1, 2)
