@@ -96,7 +96,8 @@ class GeneratorConfig(EngineSettings):
     # Without a bound, vLLM's CPU backend takes ~92% of RAM for its KV cache. 256 MiB is ~5,800 tokens of
     # SmolLM2-135M in fp32 (46 KB a token); raise it for bigger batches. Ignored on GPUs.
     kv_cache_memory_bytes: int | None = Field(256 * 2**20, ge=2**20)
-    # callers × prompts_per_request in flight fill max_num_seqs, so the engine batches as wide as it can.
+    # callers × prompts_per_request in flight fill max_num_seqs, so the engine batches as wide as it can; twice as
+    # many ran at 0.62x (tests/bench, SmolLM2 on CPU: the KV cache then held fewer sequences than were running).
     prompts_per_request: int = Field(32, ge=1)
     callers: int = Field(2, ge=1, description="Ray Data actors sending prompts to the deployment concurrently.")
     request_timeout_s: float = Field(600.0, gt=0.0)  # a bad request can hang vLLM silently; never wait forever
