@@ -22,7 +22,7 @@ COMMON_ENV = {
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
     # Ray Data reads Parquet footers on a pool of actors started for every read, 32 by default; a run's record
-    # folders hold a few files, and starting 32 processes took ~6 s of each stage that reads them on 2 cores
+    # folders hold a few files, and starting 32 processes took ~5 s of each stage that reads them on 2 cores
     # (tests/bench: the score stage 14.6 → 8.8 s). One actor reads footers on 128 threads.
     "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
 }
