@@ -144,12 +144,12 @@ class IterationMetrics(Record):
     model_in: str
     model_out: str
     stage_seconds: dict[StageName, float]
-    # Where the stages' time went, as "<stage>/<part>": seconds (the stages this attempt ran): generate/serve (the
-    # generator's app and engine start, or its move to the weights), <stage>/first_records (a Ray Data stage's
-    # actors starting and loading, with its first batch), <stage>/commit, train/datasets (the pairs read and
-    # counted), train/workers_ready (then the worker group started, its model loaded and sharded), train/load (of
-    # which the loading), train/first_step, and, summed on rank 0, train/checkpoints, train/evaluations and
-    # train/exports.
+    # Where the stages' time went (the stages this attempt ran), in seconds. Parts, summed over every time they ran:
+    # generate/serve and baseline/serve (the generator's app and engine start, or its move to the weights),
+    # <stage>/first_records (a Ray Data stage's actors starting and loading, with its first batch), <stage>/commit,
+    # train/load (each worker group's model load and sharding, rank 0), train/checkpoints, train/evaluations,
+    # train/exports. Milestones, from the stage's start ("_at"): train/datasets_at (the pairs read and counted),
+    # train/workers_ready_at (the last worker group ready), train/first_step_at.
     stage_parts: dict[str, float] = {}
     generate: GenerateSummary
     score: ScoreSummary

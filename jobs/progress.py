@@ -33,13 +33,18 @@ class Stage:
         self.progress, self.name, self.total = progress, name, total
         self.completed = 0
         self.done_before = False
-        self.started = time.perf_counter()
+        self.started, self.started_at = time.perf_counter(), time.time()
 
-    def part(self, name: str, seconds: float | None = None) -> None:
-        """Record `seconds` of the stage spent on `name` (None: the time from the stage's start until now, for a part
-        that ends here), as `<stage>/<name>` in the iteration's `stage_parts`."""
-        spent = time.perf_counter() - self.started if seconds is None else seconds
-        self.progress.parts[f"{self.name}/{name}"] = round(spent, 3)
+    def part(self, name: str, seconds: float) -> None:
+        """Add `seconds` spent on `name` to `<stage>/<name>` in the iteration's `stage_parts`: a part done more than
+        once (a second pass, a restarted worker group) counts every time."""
+        key = f"{self.name}/{name}"
+        self.progress.parts[key] = round(self.progress.parts.get(key, 0.0) + seconds, 3)
+
+    def reached(self, name: str, at: float | None = None) -> None:
+        """Record as `<stage>/<name>_at` the seconds from the stage's start to a milestone, at wall-clock time `at`
+        (taken where it happened; default now). A milestone is a point in the stage, not a part to add up."""
+        self.progress.parts[f"{self.name}/{name}_at"] = round((time.time() if at is None else at) - self.started_at, 3)
 
     def already_done(self) -> None:
         """The stage's output exists from an earlier attempt: nothing is redone, its time is not re-measured."""

@@ -55,19 +55,21 @@ def relayed(stage: Stage) -> Iterator[Any]:
     events = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
     done = threading.Event()
 
-    def forward(event: dict[str, Any]) -> None:
-        if "part" in event:  # seconds None: the part ends now (the driver's clock, from the stage's start)
-            stage.part(event["part"], event["seconds"])
-        else:
-            step, total, info = step_progress(event)
-            stage.update(step, total, **info)
-
     def relay() -> None:
-        while not done.is_set():
+        while True:
             try:
-                forward(events.get(timeout=0.5))
+                event = events.get(timeout=0.5)
             except Empty:
+                if done.is_set():  # only once the queue is empty: rank 0's last events come as the group ends
+                    return
                 continue
+            if "part" in event:
+                stage.part(event["part"], event["seconds"])
+            elif "reached" in event:
+                stage.reached(event["reached"], event["at"])
+            else:
+                step, total, info = step_progress(event)
+                stage.update(step, total, **info)
 
     thread = threading.Thread(target=relay, daemon=True)
     thread.start()
@@ -76,9 +78,6 @@ def relayed(stage: Stage) -> Iterator[Any]:
     finally:
         done.set()
         thread.join(timeout=5)
-        with contextlib.suppress(Empty):  # what rank 0 put just before the group ended (its last parts)
-            while True:
-                forward(events.get_nowait())
 
 
 def _trainer(ctx: IterationContext, spec: TrainSpec, datasets: dict[str, ray.data.Dataset], events: Any) -> Any:
@@ -121,7 +120,7 @@ def run_train(ctx: IterationContext, stage: Stage) -> TrainSummary:
         pad_id=ctx.pad_id,
         validation="validation" in datasets,
     )
-    stage.part("datasets")  # the pairs read and counted, the validation pairs gathered
+    stage.reached("datasets")  # the pairs read and counted, the validation pairs gathered
     with relayed(stage) as events:
         result = _trainer(ctx, spec, datasets, events).fit()
     if result.error:

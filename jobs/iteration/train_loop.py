@@ -19,7 +19,6 @@ import json
 import os
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,24 +96,22 @@ class Worker:
     rank: int
     evaluator: ValidationEvaluator | None
     progress: Any
-    spent: Counter[str] = field(default_factory=Counter)  # seconds per part of the stage (rank 0 reports them)
 
 
-def _tell(w: Worker, part: str, seconds: float | None = None) -> None:
-    """Report a part of the train stage's time to the driver (None: the part ends now)."""
+def _tell(w: Worker, event: dict[str, Any]) -> None:
+    """Rank 0 reports to the driver's train stage (see train.relayed)."""
     if w.rank == 0 and w.progress is not None:
-        w.progress.put_nowait({"part": part, "seconds": seconds})
+        w.progress.put_nowait(event)
 
 
 @contextlib.contextmanager
 def _timed(w: Worker, part: str) -> Iterator[None]:
-    """Add the block's seconds to `part`, and report the sum so far."""
+    """Report the block's seconds as spent on `part` (the driver adds them up)."""
     started = time.perf_counter()
     try:
         yield
     finally:
-        w.spent[part] += time.perf_counter() - started
-        _tell(w, part, w.spent[part])
+        _tell(w, {"part": part, "seconds": time.perf_counter() - started})
 
 
 def _shard_model(model: torch.nn.Module, device: torch.device, world_size: int, bf16: bool) -> None:
@@ -255,10 +252,9 @@ def _optimizer_step(w: Worker, epoch: int, sums: torch.Tensor, tokens: int, seco
         "grad_norm": None if grad_norm is None else float(_full(grad_norm)),
     }
     w.state.history.append(metrics)
-    if w.rank == 0 and w.progress is not None:
-        w.progress.put_nowait({"total_steps": w.plan.total_steps, **metrics})
-    if len(w.state.history) == 1:
-        _tell(w, "first_step")
+    _tell(w, {"total_steps": w.plan.total_steps, **metrics})
+    if len(w.state.history) == 1:  # a group resumed from a checkpoint has steps behind it: no first step here
+        _tell(w, {"reached": "first_step", "at": time.time()})
     return metrics
 
 
@@ -316,8 +312,8 @@ def _publish(w: Worker) -> None:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     started = time.perf_counter()
     w = _start(TrainSpec.model_validate(config["spec"]), config.get("progress"))
-    _tell(w, "load", time.perf_counter() - started)  # the model loaded and sharded, the validation pairs read
-    _tell(w, "workers_ready")
+    _tell(w, {"part": "load", "seconds": time.perf_counter() - started})  # loaded, sharded, validation pairs read
+    _tell(w, {"reached": "workers_ready", "at": time.time()})
     _resume(w)
     if w.evaluator and not w.state.evals:
         _evaluate(w)

@@ -163,14 +163,19 @@ def rows(results: dict[str, Any]) -> list[Row]:
 
 
 def breakdown_rows(case: str, it: dict[str, Any]) -> list[Row]:
-    """Where the iteration's wall time went: each stage's seconds, then the parts of it the stages record
-    (`IterationMetrics.stage_parts`), as a share of the wall time."""
+    """Where the iteration's wall time went: each stage's seconds, then what the stages record of it
+    (`IterationMetrics.stage_parts`): parts as a share of the wall time; milestones ("_at", seconds into their
+    stage) without one, as they overlap the parts."""
     wall, out = it["wall_s"], []
     for stage, seconds in it.get("stage_seconds", {}).items():
         out.append(Row("e2e", case, stage, seconds, "s", "wall time", seconds / wall or None))
-        for name, part in it.get("stage_parts", {}).items():
-            if name.startswith(f"{stage}/"):
-                out.append(Row("e2e", case, f"  {name}", part, "s", "wall time", part / wall or None))
+        for name, value in it.get("stage_parts", {}).items():
+            if not name.startswith(f"{stage}/"):
+                continue
+            if name.endswith("_at"):
+                out.append(Row("e2e", case, f"  {name}", value, "s into the stage"))
+            else:
+                out.append(Row("e2e", case, f"  {name}", value, "s", "wall time", value / wall or None))
     return out
 
 

@@ -91,7 +91,8 @@ def test_end_to_end_runs_each_size_and_its_bare_stages(report):
         assert r["iteration"]["prompts"] == r["iteration"]["pairs"] == int(n)
         assert r["iteration"]["wall_s"] > 0 and r["iteration"]["peak_memory_mb"] > 0
         assert {"generate", "score", "train", "publish"} <= set(r["iteration"]["stage_seconds"])
-        assert {"generate/serve", "generate/first_records", "train/workers_ready"} <= set(r["iteration"]["stage_parts"])
+        parts = set(r["iteration"]["stage_parts"])
+        assert {"generate/serve", "generate/first_records", "train/load", "train/workers_ready_at"} <= parts
         assert r["bare_generation"]["tokens"] > 0 and r["bare_training"]["tokens"] > 0
 
 

@@ -26,13 +26,14 @@ def test_the_breakdown_lists_each_stage_then_its_parts_as_shares_of_the_wall_tim
     result = measured(20.0, 100.0)
     result["iteration"] |= {
         "stage_seconds": {"generate": 10.0, "train": 8.0},
-        "stage_parts": {"train/workers_ready": 5.0, "generate/serve": 4.0, "generate/commit": 0.0},
+        "stage_parts": {"train/workers_ready_at": 5.0, "train/load": 2.0, "generate/serve": 4.0, "generate/commit": 0},
     }
-    breakdown = [(r.metric, r.value, r.ratio) for r in rows({"8": result}) if r.peer == "wall time"]
+    breakdown = [(r.metric, r.value, r.peer, r.ratio) for r in rows({"8": result})][1:-1]  # between wall time, memory
     assert breakdown == [
-        ("generate", 10.0, 0.5),
-        ("  generate/serve", 4.0, 0.2),
-        ("  generate/commit", 0.0, None),
-        ("train", 8.0, 0.4),
-        ("  train/workers_ready", 5.0, 0.25),
+        ("generate", 10.0, "wall time", 0.5),
+        ("  generate/serve", 4.0, "wall time", 0.2),
+        ("  generate/commit", 0.0, "wall time", None),
+        ("train", 8.0, "wall time", 0.4),
+        ("  train/workers_ready_at", 5.0, None, None),  # a milestone: not a share to add up
+        ("  train/load", 2.0, "wall time", 0.1),
     ]

@@ -95,11 +95,13 @@ def test_first_step_starts_at_the_reference_and_the_loss_falls(iteration):
     parts = metrics.stage_parts
     assert {
         *("generate/serve", "generate/first_records", "generate/commit", "score/first_records", "score/commit"),
-        *("baseline/serve", "train/workers_ready", "train/first_step", "train/checkpoints", "train/evaluations"),
+        *("baseline/serve", "train/load", "train/checkpoints", "train/evaluations"),
+        *("train/datasets_at", "train/workers_ready_at", "train/first_step_at"),
     } <= set(parts)
     for name, seconds in parts.items():
         assert 0 <= seconds <= metrics.stage_seconds[name.split("/")[0]], (name, parts, metrics.stage_seconds)
-    assert parts["train/workers_ready"] < parts["train/first_step"]
+    assert parts["train/datasets_at"] < parts["train/workers_ready_at"] < parts["train/first_step_at"]
+    assert parts["train/load"] < parts["train/workers_ready_at"]
 
 
 def test_checkpoint_loads_in_transformers_and_vllm_with_the_same_greedy_tokens(iteration):
@@ -306,9 +308,9 @@ def test_seeded_prompts_beyond_one_scheduler_step(iteration):
     assert all(c.finish_reason in ("stop", "length") and len(c.token_ids) > 0 for c in response.completions)
 
 
-def test_prompts_in_one_block_reach_the_generator_in_requests_from_every_caller(iteration):
-    """SFT rows read as one big block still go out one request per task, spread over the callers: a caller takes
-    a whole block per task, so one block kept one request in flight (half the engine's batch with 2 callers)."""
+def test_prompts_in_one_block_go_out_one_request_per_block(iteration):
+    """SFT rows read as one big block still go out one request per task, so the callers can share them: a caller
+    takes a whole block per task, and one block kept one request in flight (half the engine's batch with 2)."""
     import json
 
     import ray.data

@@ -50,10 +50,13 @@ def test_a_stage_records_where_its_time_went():
     progress = Progress()
     with progress.stage("train") as stage:
         stage.part("checkpoints", 1.23456)
+        stage.part("checkpoints", 1.0)  # a part done again adds up
         time.sleep(0.05)
-        stage.part("workers_ready")  # ends now: measured from the stage's start
-    assert progress.parts["train/checkpoints"] == 1.235
-    assert 0.05 <= progress.parts["train/workers_ready"] <= progress.seconds["train"]
+        stage.reached("workers_ready")  # now, from the stage's start
+        stage.reached("first_step", at=stage.started_at + 0.02)  # when it happened, on another process's clock
+    assert progress.parts["train/checkpoints"] == 2.235
+    assert 0.05 <= progress.parts["train/workers_ready_at"] <= progress.seconds["train"]
+    assert progress.parts["train/first_step_at"] == 0.02
 
 
 def test_a_failing_stage_reports_its_error_and_raises():
