@@ -74,6 +74,19 @@ def vllm_env(use_gpu: bool) -> dict[str, str]:
     return env
 
 
+# Serve's own default, 8000, is the control plane's port.
+SERVE_PORT = 8001
+
+
+def serve_http_options() -> dict[str, Any]:
+    """Where Serve's HTTP proxy listens, on the head node only: the generators' OpenAI routes. 127.0.0.1:8001 unless
+    RAY_SERVE_DEFAULT_HTTP_HOST (Ray's own switch; 0.0.0.0 in a pod) or SPIN_SERVE_PORT say otherwise."""
+    return {
+        "host": os.environ.get("RAY_SERVE_DEFAULT_HTTP_HOST", "127.0.0.1"),
+        "port": int(os.environ.get("SPIN_SERVE_PORT", str(SERVE_PORT))),
+    }
+
+
 def connect(
     address: str | None = None,
     *,

@@ -122,7 +122,8 @@ def run(
     except BaseException:
         stop_serving(generator_app_name(cfg))  # failed, stopped or interrupted: release its CPUs or GPUs
         raise
-    stop_serving(generator_app_name(cfg))
+    if not cfg.generator.keep_serving:
+        stop_serving(generator_app_name(cfg))
 
 
 def _stopped_by_rule(cfg: SpinConfig, k: int) -> bool:

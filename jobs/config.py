@@ -101,6 +101,9 @@ class GeneratorConfig(EngineSettings):
     prompts_per_request: int = Field(32, ge=1)
     callers: int = Field(2, ge=1, description="Ray Data actors sending prompts to the deployment concurrently.")
     request_timeout_s: float = Field(600.0, gt=0.0)  # a bad request can hang vLLM silently; never wait forever
+    # After the run's last iteration, keep serving its last model (OpenAI routes for evaluation harnesses) until
+    # the run is deleted or cancelled, or `spin release`; off, the generator's CPUs or GPUs are freed at once.
+    keep_serving: bool = False
 
 
 class GuardConfig(Strict):
@@ -281,6 +284,22 @@ class RayConfig(Strict):
     object_store_memory: int | None = 512 * 2**20
 
 
+class TrackingConfig(Strict):
+    """Experiment tracking, off by default: an MLflow run per SPIN run, fed from the Ray Train controller (workers
+    hold no tracker credentials), one global step across iterations, the metrics under their metrics.json names."""
+
+    backend: Literal["none", "mlflow"] = "none"
+    # Where MLflow's tracking server is (http://host:5000), or a local store (a folder, sqlite:///file.db).
+    uri: str | None = None
+    experiment: str = Field("spin", min_length=1)
+
+    @model_validator(mode="after")
+    def _mlflow_needs_a_uri(self) -> TrackingConfig:
+        if self.backend == "mlflow" and not self.uri:
+            raise ValueError("tracking.backend 'mlflow' needs tracking.uri (its tracking server or store)")
+        return self
+
+
 # The paper's schedule: four iterations, lr 5e-7 for iterations 0-1 and 1e-7 afterwards.
 _PAPER_SCHEDULE = [
     IterationSettings(),
@@ -309,6 +328,7 @@ class SpinConfig(Strict):
     stopping: StoppingConfig = StoppingConfig()
     sft: SFTConfig | None = None
     ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _evaluation_needs_its_splits(self) -> SpinConfig:
@@ -325,6 +345,12 @@ class SpinConfig(Strict):
         return self
 
     @property
+    def generator_app(self) -> str:
+        """The run's own generator application (and its HTTP route prefix), so runs on one cluster never sample
+        from each other's model."""
+        return f"spin-generator-{self.name}-{hashlib.sha1(self.storage_uri.encode()).hexdigest()[:6]}"
+
+    @property
     def identity(self) -> str:
         """Who owns the run's storage: the control plane's run id, or the name of a headless run."""
         return self.run_id or f"headless:{self.name}"
@@ -333,7 +359,7 @@ class SpinConfig(Strict):
         """A digest of every setting that shapes what the run writes; the ray, generator sizing, stopping and
         per-iteration sections do not (an iteration's own settings are recorded in its metrics.json), nor the
         continued-SFT grid (the baseline records its own), nor where the Train workers are placed."""
-        unshaping = {"name", "run_id", "ray", "generator", "stopping", "iterations"}
+        unshaping = {"name", "run_id", "ray", "generator", "stopping", "iterations", "tracking"}
         exclude = dict.fromkeys(unshaping, True) | {
             "eval": {"continued_sft_learning_rates": True},
             "train": {"resources_per_worker": True},

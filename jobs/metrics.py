@@ -48,6 +48,7 @@ class TrainStep(SpinMetrics):
     epoch: int
     learning_rate: float
     tokens_per_s: float
+    tokens: int = 0  # trained on in this step, all ranks (0 in files written before it was recorded)
     grad_norm: float | None = None
     fresh: SpinMetrics | None = None
     carried: SpinMetrics | None = None

@@ -4,8 +4,8 @@ run's generator."""
 from __future__ import annotations
 
 import functools
-import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cluster.files import is_file, local_copy
 from jobs.chat import pad_id
@@ -14,6 +14,9 @@ from jobs.hf import load_tokenizer
 from jobs.storage import RunStorage
 from services.generator.client import serve_model
 from services.generator.schemas import EngineSettings, GeneratorArgs
+
+if TYPE_CHECKING:
+    from jobs.iteration.tracking import MLflowTracker
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,15 @@ class IterationContext:
     def pad_id(self) -> int:
         return pad_id(load_tokenizer(self.model_dir))
 
+    @functools.cached_property
+    def tracker(self) -> MLflowTracker | None:
+        """The run's experiment tracker, when its config turns one on."""
+        if self.cfg.tracking.backend == "none":
+            return None
+        from jobs.iteration.tracking import MLflowTracker
+
+        return MLflowTracker(self.cfg)
+
     @property
     def generator_app(self) -> str:
         return generator_app_name(self.cfg)
@@ -61,8 +73,7 @@ class IterationContext:
 
 
 def generator_app_name(cfg: SpinConfig) -> str:
-    """Each run has its own generator application, so runs on one cluster never sample from each other's model."""
-    return f"spin-generator-{cfg.name}-{hashlib.sha1(cfg.storage_uri.encode()).hexdigest()[:6]}"
+    return cfg.generator_app
 
 
 def generator_args(ctx: IterationContext) -> GeneratorArgs:
@@ -75,6 +86,7 @@ def generator_args(ctx: IterationContext) -> GeneratorArgs:
             "dtype": ctx.compute_dtype,
             "max_model_len": ctx.train.max_length,
             "seed": ctx.cfg.sampling.seed,
+            "served_model_name": ctx.cfg.name,
             "kv_cache_memory_bytes": None if g.num_gpus else g.kv_cache_memory_bytes,
         }
     )

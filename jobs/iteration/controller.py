@@ -17,6 +17,8 @@ a crash stopped and a finished iteration is never redone.
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 
 from jobs.config import SpinConfig
 from jobs.iteration.context import IterationContext
@@ -44,7 +46,19 @@ def run_iteration(cfg: SpinConfig, k: int, progress: Progress | None = None) -> 
     metrics = _run_stages(ctx, progress, status)
     ctx.storage.write_json(ctx.storage.metrics(k), metrics.model_dump(mode="json"))
     write_cards(cfg, k)  # from what metrics.json now records
+    if ctx.tracker is not None:
+        _track(ctx, metrics)
     return metrics
+
+
+def _track(ctx: IterationContext, metrics: IterationMetrics) -> None:
+    """The iteration's summary and model card to the run's tracker (its steps went from the Train controller)."""
+    assert ctx.tracker is not None
+    card = ctx.storage.read_text(f"{ctx.storage.model(ctx.k)}/README.md")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "README.md")
+        path.write_text(card)
+        ctx.tracker.log_iteration(metrics, str(path))
 
 
 def _run_stages(ctx: IterationContext, progress: Progress, status: StatusSink) -> IterationMetrics:
@@ -67,8 +81,7 @@ def _run_stages(ctx: IterationContext, progress: Progress, status: StatusSink) -
         training = run_train(ctx, stage)
     with progress.stage("publish", total=1) as stage:
         # The generator moves to model k+1 in place: the next iteration samples from it.
-        ctx.serve(storage.uri_of(storage.model(k)), version=k + 1)
-        stage.update(1)
+        stage.update(1, seconds=ctx.serve(storage.uri_of(storage.model(k)), version=k + 1))
     if evaluating:
         with progress.stage("evaluate") as stage:
             selected = training.selected

@@ -47,8 +47,11 @@ def greedy_answers(
     completions: list[Completion] = []
     for request, future in zip(requests, sent, strict=True):
         response = generate(handle, request, timeout_s, sent=future)
-        if response.model_version != version:
-            raise RuntimeError(f"evaluating version {version}, but the generator serves {response.model_version}")
+        if not response.produced_by(version):
+            raise RuntimeError(
+                f"evaluating version {version}, but the generator served {response.model_version} with weights "
+                f"{response.sampled_with()}"
+            )
         completions += response.completions
     return completions
 

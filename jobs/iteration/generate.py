@@ -186,10 +186,10 @@ class GeneratorCaller(PromptEncoder):
             seeds=[sample_key(s.seed, "generate", spec.iteration, pid) % 2**31 for pid in pids],
         )
         response = generate(self.handle, request, spec.timeout_s)
-        if response.model_version != spec.model_version:
+        if not response.produced_by(spec.model_version):
             raise RuntimeError(
-                f"the generator serves model version {response.model_version}, "
-                f"but iteration {spec.iteration} must sample from version {spec.model_version}"
+                f"iteration {spec.iteration} must sample from model version {spec.model_version}, but the generator "
+                f"served version {response.model_version} and its engine sampled with weights {response.sampled_with()}"
             )
         if any(c.finish_reason == "abort" for c in response.completions):
             raise RuntimeError("the generator aborted requests; their outputs would be cut short")
@@ -297,7 +297,7 @@ def _write_generations(
         counts.update(_pair_counts(batch))
         tokens_per_s = round(counts["sampled_tokens"] / (time.perf_counter() - started), 1)
         meta.update(dict(counts), tokens_per_s=tokens_per_s)
-        stage.update(rows, tokens_per_s=tokens_per_s)
+        stage.update(rows, tokens_per_s=tokens_per_s, sampled_tokens=counts["sampled_tokens"])
 
     write_records(
         generations, storage, path, GENERATION_SCHEMA, meta=meta, on_batch=on_batch, expected=expected, stage=stage

@@ -1,4 +1,6 @@
-"""Run metrics for Prometheus and the Ray dashboard, through `ray.util.metrics`.
+"""Run metrics for Prometheus and the Ray dashboard, through `ray.util.metrics`: gauges for what the run is doing
+now (stage, last step's loss and margins), counters for what it has done (tokens, pairs), a histogram of the
+seconds each weight publish took.
 
 Exported by each node's metrics agent with Ray's `ray_` prefix (ray_spin_train_loss, ...), tagged with the
 run and the iteration; k8s/base/spin-dashboard.json charts them. This is the one place where SPIN's metric
@@ -34,7 +36,21 @@ OTHER_GAUGES = {
     "spin_pairs_done": "Pairs generated in this iteration",
     "spin_generation_tokens_per_second": "Generated tokens per second",
 }
-EXPORTED = {f"ray_{name}" for name in OTHER_GAUGES} | {f"ray_{name}" for name, _ in TRAIN_GAUGES.values()}
+# Counts only grow: Prometheus counters, which Ray exports with `_total` appended (ray_spin_generated_tokens_total).
+COUNTERS = {
+    "spin_generated_tokens": "Tokens the generator sampled for the run's pairs",
+    "spin_pairs_generated": "Prompts answered by the generator (training and validation pairs)",
+    "spin_train_tokens": "Tokens the SPIN update trained on, all ranks",
+}
+PUBLISH_SECONDS = "spin_weight_publish_seconds"
+# Moving the generator to new weights: seconds on a small model on CPU, minutes for a 7B model from remote storage.
+PUBLISH_BUCKETS = [0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600]
+EXPORTED = (
+    {f"ray_{name}" for name in OTHER_GAUGES}
+    | {f"ray_{name}" for name, _ in TRAIN_GAUGES.values()}
+    | {f"ray_{name}_total" for name in COUNTERS}
+    | {f"ray_{PUBLISH_SECONDS}_{part}" for part in ("bucket", "count", "sum")}
+)
 
 
 _LATEST: dict[str, MetricsSink] = {}  # run → the sink of its latest iteration in this process
@@ -50,7 +66,7 @@ class MetricsSink:
     """
 
     def __init__(self, run: str, iteration: int, refresh_s: float = 5.0):
-        from ray.util.metrics import Gauge
+        from ray.util.metrics import Counter, Gauge, Histogram
 
         tags = {"run": run, "iteration": str(iteration)}
         keys = ("run", "iteration")
@@ -70,6 +86,17 @@ class MetricsSink:
         self.pairs = gauge("spin_pairs_done", g["spin_pairs_done"])
         self.generation_tps = gauge("spin_generation_tokens_per_second", g["spin_generation_tokens_per_second"])
         self.train = {key: gauge(name, text) for key, (name, text) in TRAIN_GAUGES.items()}
+        self.counters = {name: Counter(name, description=text, tag_keys=keys) for name, text in COUNTERS.items()}
+        for counter in self.counters.values():
+            counter.set_default_tags(tags)
+        self.publish_seconds = Histogram(
+            PUBLISH_SECONDS,
+            description="Seconds the generator took to move to an iteration's published weights",
+            boundaries=PUBLISH_BUCKETS,
+            tag_keys=keys,
+        )
+        self.publish_seconds.set_default_tags(tags)
+        self._counted: dict[str, float] = {}  # what each count stood at when last exported
         iteration_gauge = Gauge("spin_iteration", description=g["spin_iteration"], tag_keys=("run",))
         self._set(iteration_gauge, iteration, {"run": run})
         previous = _LATEST.get(run)
@@ -97,18 +124,32 @@ class MetricsSink:
         for name in STAGES:
             self._set(self.stage, 1.0 if name == stage else 0.0, {"stage": name})
 
+    def _count(self, name: str, running_total: float) -> None:
+        """Add to counter `name` what the stage's running total gained since it was last seen."""
+        gained = running_total - self._counted.get(name, 0.0)
+        if gained > 0:
+            self.counters[name].inc(gained)
+        self._counted[name] = max(running_total, self._counted.get(name, 0.0))
+
     def update(self, stage: str, completed: int, total: int | None, info: dict[str, Any]) -> None:
         self._set(self.completed, completed, {"stage": stage})
         if total is not None:
             self._set(self.total, total, {"stage": stage})
         if stage == "generate":
             self._set(self.pairs, completed)
+            self._count("spin_pairs_generated", completed)
+            if "sampled_tokens" in info:
+                self._count("spin_generated_tokens", info["sampled_tokens"])
             if "tokens_per_s" in info:
                 self._set(self.generation_tps, info["tokens_per_s"])
         if stage == "train":
+            if info.get("tokens"):
+                self.counters["spin_train_tokens"].inc(info["tokens"])  # one step's tokens
             for key, value in info.items():
                 if key in self.train and value is not None:
                     self._set(self.train[key], float(value))
+        if stage == "publish" and "seconds" in info:
+            self.publish_seconds.observe(info["seconds"])
 
     def end(self, stage: str, seconds: float | None, error: str | None) -> None:
         self._set(self.stage, 0.0, {"stage": stage})

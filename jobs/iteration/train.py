@@ -21,7 +21,7 @@ from jobs.progress import Stage
 from jobs.spin.names import METRIC_NAMES
 from jobs.spin.pairs import training_iterations
 
-RELAYED = (*METRIC_NAMES, "tokens_per_s")  # a step's metrics that reach the progress sinks, names unchanged
+RELAYED = (*METRIC_NAMES, "tokens_per_s", "tokens")  # a step's metrics that reach the progress sinks, names unchanged
 
 
 def _without_identical(batch: pa.Table) -> pa.Table:
@@ -97,6 +97,7 @@ def _trainer(ctx: IterationContext, spec: TrainSpec, datasets: dict[str, ray.dat
             storage_path=ctx.storage.uri_of(ctx.storage.iteration(ctx.k)),
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=[ctx.tracker.callback(ctx.k)] if ctx.tracker else [],
         ),
         datasets=datasets,
         # Each worker streams its own share of the training pairs, but evaluates on every validation pair.
@@ -119,6 +120,7 @@ def run_train(ctx: IterationContext, stage: Stage) -> TrainSummary:
         num_pairs=pairs.count(),
         pad_id=ctx.pad_id,
         validation="validation" in datasets,
+        report_every_step=ctx.tracker is not None,
     )
     stage.reached("datasets")  # the pairs read and counted, the validation pairs gathered
     with relayed(stage) as events:

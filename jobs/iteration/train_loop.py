@@ -58,6 +58,8 @@ class TrainSpec(BaseModel):
     num_pairs: int
     pad_id: int
     validation: bool  # whether the worker group has validation pairs to evaluate and choose on
+    # Report every step's metrics to Ray Train (for a tracker's controller callback), not only checkpointed ones.
+    report_every_step: bool = False
 
 
 @dataclass
@@ -249,6 +251,7 @@ def _optimizer_step(w: Worker, epoch: int, sums: torch.Tensor, tokens: int, seco
         "fresh": metrics_from_sums(fresh) if fresh[-1] > 0 else None,
         "carried": metrics_from_sums(carried) if carried[-1] > 0 else None,
         "tokens_per_s": float(reduced[-1]) / seconds,
+        "tokens": int(reduced[-1]),
         "grad_norm": None if grad_norm is None else float(_full(grad_norm)),
     }
     w.state.history.append(metrics)
@@ -268,8 +271,18 @@ def _after_step(w: Worker, metrics: dict[str, Any]) -> None:
     last = state.step == w.plan.total_steps
     due = bool(spec.eval.every_steps and state.step % spec.eval.every_steps == 0) or last
     improved = _evaluate(w) if w.evaluator and due else False
+    metrics = _with_eval(metrics, state)
     if improved or last or state.stopped_early_at is not None or state.step % spec.train.checkpoint_every_steps == 0:
         _save_checkpoint(w, metrics)
+    elif spec.report_every_step:
+        ray.train.report(metrics)
+
+
+def _with_eval(metrics: dict[str, Any], state: TrainerState) -> dict[str, Any]:
+    """A step's metrics and, when the policy was evaluated at that step, its held-out ones under TRL's eval_ names."""
+    if not state.evals or state.evals[-1]["step"] != state.step:
+        return metrics
+    return metrics | {f"eval_{key}": value for key, value in state.evals[-1].items() if key != "step"}
 
 
 def _run_epoch(w: Worker, epoch: int) -> None:
@@ -317,6 +330,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _resume(w)
     if w.evaluator and not w.state.evals:
         _evaluate(w)
+        if w.spec.report_every_step:  # the starting model's held-out scores, at step 0
+            ray.train.report(_with_eval({"step": 0}, w.state))
     for epoch in range(w.plan.epochs_to_run):
         if w.state.stopped_early_at is None and w.state.step < (epoch + 1) * w.plan.steps_per_epoch:
             _run_epoch(w, epoch)  # epochs finished before a restart, or after the guard stopped, are skipped

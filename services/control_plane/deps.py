@@ -61,6 +61,15 @@ def require_token(
         raise Unauthorized("invalid bearer token")
 
 
+def read_token(
+    settings: Annotated[Settings, Depends(get_settings)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Reads that cost compute (a run's model over the OpenAI API) carry the token when the server has one."""
+    if settings.api_token is not None:
+        require_token(settings, credentials)
+
+
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 LauncherDep = Annotated[Launcher, Depends(get_launcher)]

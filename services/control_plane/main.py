@@ -17,7 +17,7 @@ from services.control_plane import errors
 from services.control_plane.db import make_engine, make_sessionmaker
 from services.control_plane.launcher import Launcher, RayJobLauncher
 from services.control_plane.reconciler import Reconciler
-from services.control_plane.routes import health, page, runs
+from services.control_plane.routes import health, openai, page, runs
 from services.control_plane.settings import Settings
 
 logger = logging.getLogger("spin.control_plane")
@@ -93,6 +93,8 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             engine.dispose()
+            if getattr(app.state, "serve_client", None) is not None:
+                await app.state.serve_client.aclose()
 
     app = FastAPI(
         title="SPIN control plane",
@@ -105,6 +107,7 @@ def create_app(
     errors.register(app)
     app.include_router(health.router)
     app.include_router(runs.router)
+    app.include_router(openai.router)
     app.include_router(page.router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Options)

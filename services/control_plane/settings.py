@@ -19,6 +19,10 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL: SQLite in $SPIN_HOME (default ~/.cache/spin) by default, PostgreSQL by URL.",
     )
     ray_dashboard_url: str = "http://127.0.0.1:8265"
+    serve_url: str = Field(
+        "http://127.0.0.1:8001", description="Ray Serve's HTTP proxy, where the runs' generators answer."
+    )
+    openai_timeout_s: float = Field(600.0, gt=0, description="How long one forwarded OpenAI request may take.")
     api_token: SecretStr | None = Field(
         None, description="Bearer token for mutating requests. Unset: mutating requests are refused."
     )

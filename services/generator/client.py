@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Any
 
+from cluster.runtime import serve_http_options
 from services.generator.app import DEPLOYMENT_NAME, generator_app
 from services.generator.schemas import GenerateRequest, GenerateResponse, GeneratorArgs, GeneratorInfo, WeightsUpdate
 
@@ -25,11 +26,16 @@ REPLICA_LOSS_RETRIES = 3
 
 
 def start_serve() -> None:
-    """Start Serve for handle calls only: no HTTP proxy, quiet logs."""
+    """Start Serve with one HTTP proxy, on the head node (the generators' OpenAI routes), and quiet logs."""
     from ray import serve
     from ray.serve.config import ProxyLocation
 
-    serve.start(proxy_location=ProxyLocation.Disabled, logging_config=QUIET_LOGS)
+    serve.start(proxy_location=ProxyLocation.HeadOnly, http_options=serve_http_options(), logging_config=QUIET_LOGS)
+
+
+def route_prefix(app_name: str) -> str:
+    """Where an application's HTTP routes live on the proxy: `/<app>/v1/completions`, ..."""
+    return f"/{app_name}"
 
 
 def generator_handle(app_name: str) -> Any:
@@ -74,11 +80,12 @@ def serve_model(args: GeneratorArgs, app_name: str, model_dir: str, version: int
     current = generator_info(app_name)
     if current is None:
         app = generator_app(args.model_copy(update={"model_path": model_dir, "model_version": version}))
-        serve.run(app, name=app_name, route_prefix=None, logging_config=QUIET_LOGS)
+        serve.run(app, name=app_name, route_prefix=route_prefix(app_name), logging_config=QUIET_LOGS)
     elif (current.model_path, current.model_version) != (model_dir, version):
         deployed: GeneratorArgs = generator_handle(app_name).args.remote().result(timeout_s=60)
         update = WeightsUpdate(model_path=model_dir, model_version=version)
-        serve.run(generator_app(deployed, update), name=app_name, route_prefix=None, logging_config=QUIET_LOGS)
+        app = generator_app(deployed, update)
+        serve.run(app, name=app_name, route_prefix=route_prefix(app_name), logging_config=QUIET_LOGS)
     _wait_for(app_name, model_dir, version, timeout_s)
     seconds = time.perf_counter() - start
     logger.info("generator serves version %d from %s (%.1fs)", version, model_dir, seconds)

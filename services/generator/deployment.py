@@ -1,7 +1,8 @@
 """SpinGenerator: a Ray Serve deployment around a vLLM `AsyncLLM` engine.
 
 It serves batched generation for one model directory (to Serve handles, and over HTTP as `POST /generate` and
-`GET /info` when its application has a route prefix), and moves to new weights in place
+`GET /info` when its application has a route prefix), OpenAI-compatible `GET /v1/models`, `POST /v1/completions`
+and `POST /v1/chat/completions` on the same engine (services/generator/openai_api.py), and moves to new weights in place
 when its Serve `user_config` changes (`reconfigure`), after in-flight requests drain, so no output ever
 mixes two models. vllm is imported inside the replica only, so callers need not have it installed.
 """
@@ -16,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from ray import serve
 
 from cluster.files import local_copy
@@ -27,6 +28,7 @@ from services.generator.schemas import (
     GeneratorArgs,
     GeneratorInfo,
     WeightsUpdate,
+    openai_model_ids,
 )
 
 logger = logging.getLogger("ray.serve")
@@ -66,6 +68,8 @@ def engine_kwargs(args: GeneratorArgs, model_path: str) -> dict[str, Any]:
         enforce_eager=args.enforce_eager,
         gpu_memory_utilization=args.gpu_memory_utilization,
         seed=args.seed,
+        served_model_name=args.served_model_name,
+        # No periodic console stats; the engine's metrics go to Prometheus through the Ray stat logger instead.
         disable_log_stats=True,
     )
     if args.kv_cache_memory_bytes is not None:
@@ -86,8 +90,13 @@ class SpinGenerator:
         self._args = GeneratorArgs.model_validate(args)
         self._model_path = self._args.model_path
         self._version = self._args.model_version
-        self._engine = self._start_engine(local_copy(self._model_path))
+        local = local_copy(self._model_path)
+        self._engine = self._start_engine(local)
         self._engine_started_at = time.time()
+        from services.generator.openai_api import OpenAIRoutes
+
+        self._openai = OpenAIRoutes(self._engine, local, openai_model_ids(self._args.served_model_name, self._version))
+        self._labelled = False  # whether the engine carries the version label yet (set on first use: it is async)
         # Requests in flight, and whether a weight move is under way: a move waits for the requests to
         # drain and new requests wait for the move, so each response comes from exactly one version.
         self._gate = asyncio.Condition()
@@ -98,6 +107,9 @@ class SpinGenerator:
     async def _serving(self) -> AsyncIterator[int]:
         async with self._gate:
             await self._gate.wait_for(lambda: not self._moving)
+            if not self._labelled:
+                await self._engine.update_weight_version(str(self._version))
+                self._labelled = True
             self._in_flight += 1
             version = self._version
         try:
@@ -110,8 +122,13 @@ class SpinGenerator:
     def _start_engine(self, model_path: str) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
+        from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
-        return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(self._args, model_path)))
+        # vLLM's metrics as Ray metrics (ray_vllm_*, labelled model_name=served_model_name), exported by the node's
+        # metrics agent like the run's own: the Serve LLM dashboard of KubeRay reads them.
+        return AsyncLLM.from_engine_args(
+            AsyncEngineArgs(**engine_kwargs(self._args, model_path)), stat_loggers=[RayPrometheusStatLogger]
+        )
 
     async def generate(self, request: GenerateRequest) -> GenerateResponse:
         """`n` completions per prompt, prompt by prompt: [p0 s0, p0 s1, ..., p1 s0, ...]."""
@@ -144,6 +161,7 @@ class SpinGenerator:
                 token_ids=list(o.token_ids),
                 finish_reason=o.finish_reason or "abort",
                 token_logps=sampled_token_logps(o) if request.token_logps else None,
+                weight_versions=[span.version for span in o.weight_versions or []],
             )
             for out in outputs
             for o in sorted(out.outputs, key=lambda c: c.index)
@@ -157,6 +175,18 @@ class SpinGenerator:
     @http_app.get("/info")
     async def info_over_http(self) -> GeneratorInfo:
         return await self.info()
+
+    @http_app.get("/v1/models")
+    async def openai_models(self) -> Response:
+        return await self._openai.models()
+
+    @http_app.post("/v1/completions")
+    async def openai_completions(self, request: Request) -> Response:
+        return await self._openai.completions(request, self._serving)
+
+    @http_app.post("/v1/chat/completions")
+    async def openai_chat_completions(self, request: Request) -> Response:
+        return await self._openai.chat_completions(request, self._serving)
 
     async def _run(self, token_ids: list[int], params: Any) -> Any:
         from vllm.inputs import TokensPrompt
@@ -181,7 +211,11 @@ class SpinGenerator:
             await self._engine.collective_rpc("reload_weights", kwargs={"weights_path": local})
             await self._engine.collective_rpc(refresh_post_load)
             await self._engine.reset_prefix_cache()
+            # The engine's own label: every output from here on says which weights sampled it.
+            await self._engine.update_weight_version(str(update.model_version))
+            self._labelled = True
             self._model_path, self._version = update.model_path, update.model_version
+            self._openai.rename(local, openai_model_ids(self._args.served_model_name, update.model_version))
         finally:
             async with self._gate:
                 self._moving = False
@@ -193,12 +227,15 @@ class SpinGenerator:
         return self._args
 
     async def info(self) -> GeneratorInfo:
-        return GeneratorInfo(
-            model_path=self._model_path,
-            model_version=self._version,
-            replica_id=serve.get_replica_context().replica_id.unique_id,
-            engine_started_at=self._engine_started_at,
-        )
+        async with self._serving():  # a consistent view: no move half done, and the engine labelled
+            return GeneratorInfo(
+                model_path=self._model_path,
+                model_version=self._version,
+                replica_id=serve.get_replica_context().replica_id.unique_id,
+                engine_started_at=self._engine_started_at,
+                weight_version=await self._engine.get_weight_version(),
+                model_ids=openai_model_ids(self._args.served_model_name, self._version),
+            )
 
     async def check_health(self) -> None:
         await self._engine.check_health()

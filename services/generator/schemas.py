@@ -60,6 +60,11 @@ class GeneratorArgs(EngineSettings):
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     max_model_len: int = Field(1024, ge=8)
     seed: int = 0
+    served_model_name: str = Field(
+        "spin",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="The run's name: the engine metrics' model_name label, and the stem of the OpenAI model ids.",
+    )
     max_ongoing_requests: int = Field(64, ge=1)
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the replica process.")
 
@@ -89,16 +94,35 @@ class GenerateRequest(Strict):
         return self
 
 
+def openai_model_ids(name: str, version: int) -> list[str]:
+    """The OpenAI model ids of model `version` of run `name`: the one naming its iteration, then the run's name
+    alone, which always means what the run's generator serves now."""
+    which = {0: "sft", -1: "baseline"}.get(version, f"iter{version - 1}")  # version k+1 is iteration k's output
+    return [f"{name}:{which}", name]
+
+
 class Completion(Strict):
     text: str
     token_ids: list[int]
     finish_reason: Literal["stop", "length", "abort"]
     token_logps: list[float] | None = None  # one per token id, when the request asked for them
+    # The engine's weight-version label of each span of the completion's tokens (vLLM's own record of which
+    # weights sampled them): one entry, the served version, unless a weight move cut through the completion.
+    weight_versions: list[str] = []
 
 
 class GenerateResponse(Strict):
     completions: list[Completion]  # n per prompt, in the request's order
     model_version: int
+
+    def produced_by(self, version: int) -> bool:
+        """Whether every completion was sampled by model `version` alone, by the replica's word and the engine's."""
+        label = [str(version)]
+        return self.model_version == version and all(c.weight_versions == label for c in self.completions)
+
+    def sampled_with(self) -> list[str]:
+        """Every weight-version label the engine reported for these completions."""
+        return sorted({v for c in self.completions for v in c.weight_versions})
 
 
 class GeneratorInfo(Strict):
@@ -106,6 +130,8 @@ class GeneratorInfo(Strict):
     model_version: int
     replica_id: str
     engine_started_at: float  # time.time() when this replica's engine was built
+    weight_version: str = ""  # the engine's own label of the weights it samples with ("" in older records)
+    model_ids: list[str] = []  # what its OpenAI routes answer to
 
 
 class WeightsUpdate(Strict):

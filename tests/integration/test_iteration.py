@@ -156,13 +156,15 @@ def test_checkpoint_loads_in_transformers_and_vllm_with_the_same_greedy_tokens(i
     app = generator_app_name(cfg)
     info = generator_info(app)
     assert (info.model_version, info.model_path) == (1, model_dir)
+    # The engine's own weight label moved with it, and the OpenAI model ids name the iteration that made it.
+    assert (info.weight_version, info.model_ids) == ("1", ["it-test:iter0", "it-test"])
     storage = RunStorage(cfg.storage_uri)
     before = storage.marker(storage.generations(0))["generator"]
-    assert before["model_version"] == 0
+    assert (before["model_version"], before["weight_version"]) == (0, "0")
     assert (info.replica_id, info.engine_started_at) == (before["replica_id"], before["engine_started_at"])
     request = GenerateRequest(prompt_token_ids=prompts, max_tokens=[16] * len(prompts), temperature=0.0)
     served = generator_handle(app).generate.remote(request).result(timeout_s=300)
-    assert served.model_version == 1
+    assert served.produced_by(1) and {tuple(c.weight_versions) for c in served.completions} == {("1",)}
     assert [c.token_ids for c in served.completions] == vl
 
 
@@ -276,25 +278,82 @@ def test_prometheus_serves_the_runs_metrics(iteration, scraped):
         "ray_spin_train_reward_margin",
         "ray_spin_train_tokens_per_second",
         "ray_spin_generation_tokens_per_second",
+        "ray_spin_generated_tokens_total",
+        "ray_spin_pairs_generated_total",
+        "ray_spin_train_tokens_total",
     } <= set(samples), sorted(samples)
     assert max(samples["ray_spin_pairs_done"]) == TRAIN + VALIDATION  # the test split is not sampled
-    # The last step's record reaches the endpoint with Ray's next metrics export (every few seconds), which a scrape
-    # during the run may have missed: wait for it, bounded.
-    final_loss, deadline = pytest.approx(metrics.train.final.loss), time.monotonic() + 60
-    while (served := scrape_once())["ray_spin_train_loss"] != [final_loss] and time.monotonic() < deadline:
-        time.sleep(2)
-    assert served["ray_spin_train_loss"] == [final_loss]
+    # Each count reaches the endpoint with Ray's next export (every few seconds) after its last increment: wait for
+    # the values the run recorded, bounded, rather than hope a scrape during the run caught them.
+    history = metrics.train.history
+    expected = {
+        "ray_spin_pairs_generated_total": [TRAIN + VALIDATION],
+        "ray_spin_generated_tokens_total": [metrics.generate.sampled_tokens],
+        "ray_spin_train_tokens_total": [sum(h.tokens for h in history)],
+        "ray_spin_weight_publish_seconds_count": [1.0],
+        "ray_spin_train_loss": [pytest.approx(metrics.train.final.loss)],
+    }
+    served = wait_for_samples(expected, timeout_s=60)
+    assert {name: served[name] for name in expected} == expected
+    assert all(h.tokens > 0 for h in history)
+    # Ray's export sums a histogram's bucket midpoints, not the values observed: only its count is exact.
+    assert served["ray_spin_weight_publish_seconds_sum"][0] > 0
     # Longer than Ray's ~20 s expiry of idle gauges later, the endpoint still serves the final values.
     time.sleep(30)
     after = scrape_once()
-    assert after["ray_spin_train_loss"] == [final_loss]
+    assert after["ray_spin_train_loss"] == [pytest.approx(metrics.train.final.loss)]
     assert after["ray_spin_pairs_done"] == [TRAIN + VALIDATION]
+    # vLLM's own engine metrics, labelled with the run's name (the Serve LLM dashboard's model_name filter).
+    engine = scrape_once(prefix="ray_vllm_", label='model_name="it-test"')
+    assert max(engine["ray_vllm_generation_tokens_total"]) >= metrics.generate.sampled_tokens
+    assert sum(engine["ray_vllm_request_success_total"]) >= TRAIN + VALIDATION, sorted(engine)
 
 
-def scrape_once() -> defaultdict[str, list[float]]:
-    scraper = PrometheusScraper("it-test")
+def wait_for_samples(expected, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        served = scrape_once()
+        if all(served[name] == values for name, values in expected.items()) or time.monotonic() > deadline:
+            return served
+        time.sleep(2)
+
+
+def scrape_once(prefix="ray_spin_", label='run="it-test"') -> defaultdict[str, list[float]]:
+    scraper = PrometheusScraper(label, prefix=prefix)
     scraper.scrape()
     return defaultdict(list, scraper.samples)
+
+
+def test_mlflow_holds_what_metrics_json_records(iteration, tmp_path):
+    """Read back through MLflow's own client from the tracking server the run logged to."""
+    import mlflow
+
+    from jobs.iteration.tracking import RUN_TAG
+
+    cfg, metrics, _ = iteration
+    client = mlflow.MlflowClient(tracking_uri=cfg.tracking.uri)
+    experiment = client.get_experiment_by_name("it-test")
+    (run,) = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{cfg.identity}'")
+    assert run.info.run_name == "it-test" and run.data.params["train.beta"] == str(cfg.train.beta)
+
+    def logged(name):
+        return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, name))
+
+    history = metrics.train.history
+    for name in ("loss", "rewards/accuracies", "rewards/margins", "logps/real", "learning_rate", "tokens"):
+        assert logged(name) == [(h.step, pytest.approx(getattr(h, name.replace("/", "_")))) for h in history], name
+    evals = metrics.train.evals
+    assert logged("eval_rewards/accuracies") == [(e.step, pytest.approx(e.rewards_accuracies)) for e in evals]
+    assert logged("eval_nll/real") == [(e.step, pytest.approx(e.nll_real)) for e in evals]
+    # The iteration's summary at the step its training ended, and its model card as an artifact.
+    test = metrics.evaluation.test
+    assert logged("iteration_eval_test/task_metric") == [(len(history), pytest.approx(test.task_metric))]
+    assert logged("stage_seconds/train") == [(len(history), pytest.approx(metrics.stage_seconds["train"]))]
+    card = mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="iter_0/README.md", dst_path=str(tmp_path), tracking_uri=cfg.tracking.uri
+    )
+    storage = RunStorage(cfg.storage_uri)
+    assert open(card).read() == storage.read_text(f"{storage.model(0)}/README.md")
 
 
 def test_seeded_prompts_beyond_one_scheduler_step(iteration):

@@ -52,7 +52,7 @@ def test_the_rayservice_serve_config_deploys_through_the_dashboard_and_generates
     from ray import serve
     from transformers import AutoTokenizer
 
-    serve.shutdown()  # the runs' generators start Serve without HTTP; this config brings its own options
+    serve.shutdown()  # the runs' generators start Serve on their own port (8001); this config brings its own options
     config, app = serve_config_for_this_machine(tiny_model_dir, free_port())
     applications = f"{ray_head}/api/serve/applications/"
     try:

@@ -18,15 +18,17 @@ from tests.factories import tiny_run_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.vllm]
 TOKEN = "rest-run-token"
+ANSWER_TOKENS = 24  # the run's sampling.max_new_tokens
 
 
-def run_config(root, sft_model_dir, name, iterations=2):
+def run_config(root, sft_model_dir, name, iterations=2, **overrides):
     return tiny_run_config(
         name,
         str(root / "runs" / name),
         sft_model_dir,
         str(root / "inputs" / "train.jsonl"),
         iterations=[{}] * iterations,
+        **overrides,
     )
 
 
@@ -86,7 +88,7 @@ def test_two_iterations_over_rest_survive_a_killed_control_plane(ray_cluster, ra
     env, port = server_env(root, ray_head, sft_model_dir), free_port()
     server, client = start_server(env, port)
     try:
-        run = client.create_run(run_config(root, sft_model_dir, "rest"))
+        run = client.create_run(run_config(root, sft_model_dir, "rest", generator={"keep_serving": True}))
         client.launch(run["id"], iterations=2)
         running = wait_until(client, run["id"], lambda r: r["iterations"][0]["stage"] in ("score", "train"), 600)
         job_id = running["iterations"][0]["job_id"]
@@ -97,6 +99,10 @@ def test_two_iterations_over_rest_survive_a_killed_control_plane(ray_cluster, ra
 
         server, client = start_server(env, port)
         final = wait_until(client, run["id"], lambda r: r["state"] not in ("running",), 1500)
+        assert final["state"] == "completed", final
+        # The finished run keeps serving its last model (generator.keep_serving) to OpenAI clients and harnesses.
+        check_openai_clients(f"http://127.0.0.1:{port}/runs/{run['id']}/v1", final, root)
+        client.delete(run["id"])  # ... until the run is deleted
     finally:
         server.kill()
         server.wait(timeout=30)
@@ -113,9 +119,54 @@ def test_two_iterations_over_rest_survive_a_killed_control_plane(ray_cluster, ra
     assert second["metrics"]["train"]["pairs"] == 48 and second["metrics"]["train"]["pairs_from_iterations"] == [0, 1]
     assert second["metrics"]["train"]["steps"] == 6  # 48 pairs / 2 workers / 4 per step
     assert set(second["metrics"]["stage_seconds"]) == {"generate", "score", "train", "publish"}
-    # The run's last job released its generator.
-    cfg = SpinConfig.model_validate(final["config"])
-    assert generator_app_name(cfg) not in serve.status().applications
+    # Deleting the run released its generator.
+    app, deadline = generator_app_name(SpinConfig.model_validate(final["config"])), time.monotonic() + 120
+    while app in serve.status().applications and time.monotonic() < deadline:
+        time.sleep(1)
+    assert app not in serve.status().applications
+
+
+def check_openai_clients(base_url, run, root):
+    """The real `openai` client and lm-evaluation-harness against the run's model, through the control plane."""
+    import openai
+
+    from jobs.chat import encode_prompt
+    from jobs.config import SpinConfig
+    from jobs.hf import load_tokenizer
+    from jobs.iteration.evaluate import greedy_answers
+    from jobs.spin.metrics import answer_match
+    from tests.integration.harness import run_harness, write_task
+
+    cfg = SpinConfig.model_validate(run["config"])
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=base_url, api_key="wrong", max_retries=0).models.list()
+    client = openai.OpenAI(base_url=base_url, api_key=TOKEN, max_retries=0, timeout=120)
+    # Two iterations published models 1 and 2; the generator serves the last, iteration 1's.
+    assert [m.id for m in client.models.list().data] == ["rest:iter1", "rest"]
+    problems = make_problems(12, seed=404)  # not among the run's prompts (seed 31)
+    chat = client.chat.completions.create(
+        model="rest",
+        messages=[{"role": "user", "content": problems[0].question}],
+        max_tokens=ANSWER_TOKENS,
+        temperature=0,
+    )
+    assert chat.model == "rest:iter1" and chat.choices[0].finish_reason in ("stop", "length")
+    completion = client.completions.create(model="rest:iter1", prompt=problems[0].question, max_tokens=4)
+    assert completion.model == "rest:iter1" and completion.usage.completion_tokens <= 4
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="rest:iter0", prompt="1 + 1", max_tokens=2)  # no longer served
+
+    # The project's own task metric on the same problems: its chat template, greedy, through the Serve handle.
+    storage = RunStorage(run["storage_uri"])
+    tok = load_tokenizer(storage.uri_of(storage.model(1)))
+    prompts = [encode_prompt(tok, [{"role": "user", "content": p.question}]) for p in problems]
+    ours = greedy_answers(cfg.generator_app, prompts, ANSWER_TOKENS, version=2, timeout_s=120)
+    score, counted = answer_match([c.text for c in ours], [p.solution for p in problems], cfg.eval.answer_pattern)
+    assert counted == len(problems) and chat.choices[0].message.content == ours[0].text
+
+    task = write_task(root / "lm_eval_task", problems, cfg.eval.answer_pattern, ANSWER_TOKENS)
+    harness = run_harness(task, base_url, "rest", TOKEN, root / "lm_eval_out", timeout_s=600)
+    assert harness == pytest.approx(score), (harness, score, [c.text for c in ours])
 
 
 def test_cancelling_stops_the_running_job(ray_cluster, ray_head, sft_model_dir, root, monkeypatch):

@@ -3,6 +3,7 @@ names only things that exist (import paths, CLI commands, versions), and ships n
 
 import copy
 import importlib
+import importlib.util
 import json
 import re
 import shlex
@@ -294,6 +295,12 @@ def test_grafana_dashboard_charts_metrics_the_code_exports():
     dashboard = json.loads((K8S / "base" / "spin-dashboard.json").read_text())
     used = {m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"ray_spin_\w+", t["expr"])}
     assert used and used <= exported, used - exported
+    # vLLM's engine metrics, as its Ray stat logger exports them: "vllm:x" becomes ray_vllm_x (+ _total, _bucket).
+    engine = {m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"ray_vllm_\w+", t["expr"])}
+    loggers = Path(importlib.util.find_spec("vllm.v1.metrics.loggers").origin).read_text()
+    defined = {f"ray_vllm_{name}" for name in re.findall(r'name="vllm:(\w+)"', loggers)}
+    stems = {re.sub(r"_(total|bucket|sum|count)$", "", m) for m in engine}
+    assert engine and stems <= defined, stems - defined
     config_map = next(o for o in rendered("base") if o["kind"] == "ConfigMap")
     assert json.loads(config_map["data"]["spin-dashboard.json"]) == dashboard
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"

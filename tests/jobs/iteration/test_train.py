@@ -10,12 +10,14 @@ def test_a_workers_step_event_reaches_the_progress_sinks_with_its_names_unchange
         "epoch": 0,
         "learning_rate": 1e-4,
         "tokens_per_s": 900.0,
+        "tokens": 1800,
         "grad_norm": 0.4,
     }
     step, total, info = step_progress(event)
     assert (step, total) == (3, 20)
-    assert set(info) == {*METRIC_NAMES, "tokens_per_s"} == set(RELAYED)
+    assert set(info) == {*METRIC_NAMES, "tokens_per_s", "tokens"} == set(RELAYED)
     assert info["rewards/accuracies"] == 0.75 and info["loss"] == 0.6 and info["tokens_per_s"] == 900.0
+    assert info["tokens"] == 1800  # what the train-token counter adds
 
 
 def test_the_relay_forwards_steps_and_parts_even_those_put_as_the_group_ends(ray_cluster):

@@ -80,6 +80,9 @@ def test_health_and_openapi(api, app):
         "/runs/{run_id}/cancel",
         "/runs/{run_id}/plots/{name}.png",
         "/runs/{run_id}/report",
+        "/runs/{run_id}/v1/models",
+        "/runs/{run_id}/v1/completions",
+        "/runs/{run_id}/v1/chat/completions",
     }
     assert api.get("/docs").status_code == 200
     # Every route declares the errors it answers with, beside its 2xx and 422.

@@ -36,6 +36,9 @@ ROUTES = [
     ("DELETE", "/runs/{run_id}"),
     ("GET", "/runs/{run_id}/plots/{name}.png"),
     ("GET", "/healthz"),
+    ("GET", "/runs/{run_id}/v1/models"),
+    ("POST", "/runs/{run_id}/v1/completions"),
+    ("POST", "/runs/{run_id}/v1/chat/completions"),
 ]
 
 
