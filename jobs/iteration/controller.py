@@ -40,6 +40,8 @@ def run_iteration(cfg: SpinConfig, k: int, progress: Progress | None = None) -> 
     if ctx.storage.is_complete(ctx.storage.model(k)) and ctx.storage.exists(ctx.storage.metrics(k)):
         logger.info("iteration %d is already complete", k)
         return IterationMetrics.model_validate(ctx.storage.read_json(ctx.storage.metrics(k)))
+    if ctx.tracker is not None:
+        logger.info("tracking in MLflow", extra={"run_id": ctx.tracker.run_id})  # a tracker that fails, fails now
     progress = progress or Progress()
     status = StatusSink(ctx.storage, k)
     progress.sinks += [status, MetricsSink(cfg.name, k)]

@@ -9,6 +9,7 @@ A re-run of an iteration finds the same tracker run (tagged with the run's ident
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -20,6 +21,7 @@ from jobs.metrics import IterationMetrics
 from jobs.storage import RunStorage
 
 RUN_TAG = "spin.run"
+logger = logging.getLogger("spin")
 
 
 def numeric_metrics(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -114,8 +116,11 @@ class TrainMetricsCallback(UserCallback):
 
         if not metrics or "step" not in metrics[0]:
             return
-        if self._client is None:
-            self._client = mlflow.MlflowClient(tracking_uri=self.uri)
         reported = dict(metrics[0])  # every rank reports the same, all-reduced values
         step = self.offset + int(reported.pop("step"))
-        log_metrics(self._client, self.run_id, numeric_metrics(reported), step)
+        try:
+            if self._client is None:
+                self._client = mlflow.MlflowClient(tracking_uri=self.uri)
+            log_metrics(self._client, self.run_id, numeric_metrics(reported), step)
+        except Exception as e:  # an unreachable tracker loses a step's metrics (metrics.json keeps them), not the run
+            logger.warning("could not log step %d to MLflow at %s: %s", step, self.uri, e)

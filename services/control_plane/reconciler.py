@@ -163,6 +163,8 @@ class Reconciler:
         if decision.stop and decision.reason:
             stop_run(run, decision.reason)
             record_stop(RunStorage(run.storage_uri), max(it.index for it in succeeded), decision.reason)
+            if not cfg.generator.keep_serving:  # the iteration's job left it for the next one, which will not come
+                self.launcher.release(run.id, config_uri(run))
             logger.info("run stopped by its stopping rule", extra={"run": run.id, "reason": decision.reason})
 
     def _retry_or_fail(self, run: Run, it: Iteration, error: str, final: bool = False) -> None:

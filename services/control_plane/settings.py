@@ -22,7 +22,9 @@ class Settings(BaseSettings):
     serve_url: str = Field(
         "http://127.0.0.1:8001", description="Ray Serve's HTTP proxy, where the runs' generators answer."
     )
-    openai_timeout_s: float = Field(600.0, gt=0, description="How long one forwarded OpenAI request may take.")
+    openai_timeout_s: float = Field(
+        600.0, gt=0, description="How long a forwarded OpenAI request may wait for the generator's next bytes."
+    )
     api_token: SecretStr | None = Field(
         None, description="Bearer token for mutating requests. Unset: mutating requests are refused."
     )

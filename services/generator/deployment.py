@@ -115,9 +115,14 @@ class SpinGenerator:
         try:
             yield version
         finally:
-            async with self._gate:
-                self._in_flight -= 1
-                self._gate.notify_all()
+            # Counted down before any await, so a cancelled request (a client gone) still counts down; the wake-up
+            # of a waiting move is shielded from that cancellation.
+            self._in_flight -= 1
+            await asyncio.shield(self._wake())
+
+    async def _wake(self) -> None:
+        async with self._gate:
+            self._gate.notify_all()
 
     def _start_engine(self, model_path: str) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs

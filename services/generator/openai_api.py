@@ -45,6 +45,7 @@ class OpenAIRoutes:
         state = State()
         await init_app_state(self._engine, state, args, supported_tasks=("generate",))
         self._state = state
+        self.rename(self._model_path, self._names)  # a move while this was being built named the weights anew
 
     def rename(self, model_path: str, names: list[str]) -> None:
         """The ids the routes answer to after a weight move; requests naming an older id get vLLM's 404."""
@@ -74,36 +75,44 @@ class OpenAIRoutes:
 
 
 async def _answer(raw: Request, request_type: Any, create: Any, gate: Gate) -> Response:
-    """Validate the body, run it inside the replica's gate (no weight move under it, streamed or not), and answer
-    as vLLM's own server would."""
+    """Validate the body, then answer as vLLM's own server would, inside the replica's gate (no weight move under
+    it). A stream holds the gate from inside its own ASGI call, so the gate is let go however the stream ends."""
     from pydantic import ValidationError
-    from vllm.entrypoints.serve.engine.protocol import ErrorResponse
 
     try:
         request = request_type.model_validate(json.loads(await raw.body()))
     except (ValueError, ValidationError) as e:
         return _error(400, f"invalid request body: {e}")
-    held = gate()
-    await held.__aenter__()
-    try:
-        result = await create(request, raw)
-    except BaseException:
-        await held.__aexit__(None, None, None)
-        raise
-    if not isinstance(result, AsyncIterator):
-        await held.__aexit__(None, None, None)
-        if isinstance(result, ErrorResponse):
-            return JSONResponse(content=result.model_dump(), status_code=result.error.code)
-        return JSONResponse(content=result.model_dump())
+    if getattr(request, "stream", False):
+        return GatedStream(gate, create, request, raw)
+    async with gate():
+        return _response(await create(request, raw))
 
-    async def stream() -> AsyncIterator[str]:
-        try:
-            async for chunk in result:
-                yield chunk
-        finally:
-            await held.__aexit__(None, None, None)
 
-    return StreamingResponse(stream(), media_type="text/event-stream")
+def _response(result: Any) -> Response:
+    from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+
+    if isinstance(result, ErrorResponse):
+        return JSONResponse(content=result.model_dump(), status_code=result.error.code)
+    return JSONResponse(content=result.model_dump())
+
+
+class GatedStream(StreamingResponse):
+    """Server-sent events from vLLM, produced while the gate is held: it is entered and left within the response's
+    own ASGI call, which unwinds (releasing it) on a finished stream, an error or a client that went away."""
+
+    def __init__(self, gate: Gate, create: Any, request: Any, raw: Request):
+        super().__init__(iter(()), media_type="text/event-stream")
+        self._gate, self._create, self._request, self._raw = gate, create, request, raw
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async with self._gate():
+            result = await self._create(self._request, self._raw)
+            if not isinstance(result, AsyncIterator):  # vLLM refused it (an error response) before streaming
+                await _response(result)(scope, receive, send)
+                return
+            self.body_iterator = result
+            await super().__call__(scope, receive, send)
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -135,6 +135,7 @@ def check_openai_clients(base_url, run, root):
     from jobs.hf import load_tokenizer
     from jobs.iteration.evaluate import greedy_answers
     from jobs.spin.metrics import answer_match
+    from services.generator.client import generator_handle, serve_model
     from tests.integration.harness import run_harness, write_task
 
     cfg = SpinConfig.model_validate(run["config"])
@@ -167,6 +168,22 @@ def check_openai_clients(base_url, run, root):
     task = write_task(root / "lm_eval_task", problems, cfg.eval.answer_pattern, ANSWER_TOKENS)
     harness = run_harness(task, base_url, "rest", TOKEN, root / "lm_eval_out", timeout_s=600)
     assert harness == pytest.approx(score), (harness, score, [c.text for c in ours])
+
+    # Streamed, the same answer; a stream dropped after its first chunk leaves nothing in flight, so the generator
+    # still moves to other weights (a move waits for every request it serves).
+    question = [{"role": "user", "content": problems[1].question}]
+    streamed = client.chat.completions.create(
+        model="rest", messages=question, max_tokens=ANSWER_TOKENS, temperature=0, stream=True
+    )
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices) == ours[1].text
+    dropped = client.chat.completions.create(
+        model="rest", messages=question, max_tokens=ANSWER_TOKENS, temperature=0, stream=True
+    )
+    assert next(iter(dropped)).model == "rest:iter1"
+    dropped.close()
+    deployed = generator_handle(cfg.generator_app).args.remote().result(timeout_s=60)
+    serve_model(deployed, cfg.generator_app, storage.uri_of(storage.model(0)), version=1, timeout_s=120)
+    assert [m.id for m in client.models.list().data] == ["rest:iter0", "rest"]
 
 
 def test_cancelling_stops_the_running_job(ray_cluster, ray_head, sft_model_dir, root, monkeypatch):

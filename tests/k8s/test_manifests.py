@@ -289,6 +289,40 @@ def test_no_secret_values_no_root_and_nothing_exposed():
     assert env["RAY_AUTH_MODE"]["value"] == "token" and env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
 
 
+def ingress_allows(policy, port, labels):
+    """Whether a NetworkPolicy's ingress rules let a pod with `labels` reach `port` (a peer without a podSelector,
+    such as `namespaceSelector: {}`, is every pod)."""
+    for rule in policy["ingress"]:
+        ranges = [(p["port"], p.get("endPort", p["port"])) for p in rule["ports"]]
+        peers = [p.get("podSelector", {}).get("matchLabels", {}) for p in rule["from"]]
+        if any(lo <= port <= hi for lo, hi in ranges) and any(m.items() <= labels.items() for m in peers):
+            return True
+    return False
+
+
+def test_only_the_control_plane_reaches_the_serve_proxy_of_every_cluster_that_runs_iterations():
+    """Serve's HTTP proxy (the runs' OpenAI routes) has no authentication: in every rendering that has the base's
+    cluster, a policy lets only the control plane's pods reach the head's serve port, and leaves the others open."""
+    for name in ("base", "overlays/cpu-small", "overlays/gpu-prod", "overlays/gcs-ft-embedded"):
+        objects = rendered(name)
+        cluster = next(o for o in objects if o["kind"] == "RayCluster")
+        head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+        serve_port = next(p["containerPort"] for p in head["ports"] if p["name"] == "serve")
+        control = next(o for o in objects if o["kind"] == "Deployment")
+        policy = next(o for o in objects if o["kind"] == "NetworkPolicy")["spec"]
+        head_labels = {"ray.io/cluster": cluster["metadata"]["name"], "ray.io/node-type": "head"}
+        assert policy["podSelector"]["matchLabels"] == head_labels and policy["policyTypes"] == ["Ingress"], name
+
+        control_labels = control["spec"]["template"]["metadata"]["labels"]
+        other_pod = {"app": "anything-else"}
+        assert ingress_allows(policy, serve_port, control_labels), name
+        assert not ingress_allows(policy, serve_port, other_pod), name
+        for port in (p["containerPort"] for p in head["ports"] if p["name"] != "serve"):
+            assert ingress_allows(policy, port, other_pod), (name, port)
+        settings = {e["name"]: e.get("value") for e in control["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert settings["SPIN_SERVE_URL"].endswith(f":{serve_port}"), name
+
+
 def test_grafana_dashboard_charts_metrics_the_code_exports():
     from jobs.iteration.monitoring import EXPORTED as exported
 

@@ -1,6 +1,6 @@
 """/runs/{run_id}/v1: each run's model over the OpenAI API, for evaluation harnesses and OpenAI clients.
 
-    openai.OpenAI(base_url="http://127.0.0.1:8100/runs/<run id>/v1", api_key="<SPIN_API_TOKEN>")
+    openai.OpenAI(base_url="http://127.0.0.1:8000/runs/<run id>/v1", api_key="<SPIN_API_TOKEN>")
 
 The requests go on, unchanged, to the run's generator (its vLLM engine's own OpenAI routes, on Serve's HTTP proxy),
 so the answers are vLLM's; only these three routes pass, none of which can change a model. The model ids say run
@@ -32,7 +32,9 @@ _JSON_BODY: dict[str, Any] = {
 _OPENAI_ANSWER = {"content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {}}}
 
 
-def generator_url(run_id: str, session: Annotated[Session, Depends(get_session)], settings: SettingsDep) -> str:
+def generator_url(
+    run_id: str, session: Annotated[Session, Depends(get_session, scope="function")], settings: SettingsDep
+) -> str:
     """The OpenAI base URL of the run's generator on Serve's HTTP proxy."""
     cfg = SpinConfig.model_validate(store.get_run(session, run_id).config)
     return f"{settings.serve_url.rstrip('/')}/{cfg.generator_app}/v1"

@@ -331,3 +331,22 @@ def test_a_second_control_plane_on_the_database_serves_reads_and_acts_on_nothing
     with TestClient(other) as client:
         assert client.get("/healthz").json()["reconciler"] == "standby"
         assert client.get(f"/runs/{run_id}").json()["iterations"][0]["state"] == "submitted"  # it still reads
+
+
+@pytest.mark.parametrize("keep_serving", [False, True])
+def test_a_run_its_stopping_rule_ends_releases_its_generator_unless_kept(api, app, roots, launcher, keep_serving):
+    body = config(roots, stopping={"enabled": True}, generator={"keep_serving": keep_serving})
+    body["data"] |= {"validation_prompts": 10}
+    run_id = api.post("/runs", json={"config": body}, headers=AUTH).json()["id"]
+    api.post(f"/runs/{run_id}/launch", json={"iterations": 2}, headers=AUTH)
+    tick(app)
+    # Held-out reward accuracy 0.5 and margin 0: the model cannot tell its answers from the real ones.
+    metrics = iteration_metrics(0, task_metric=0.5, accuracy=0.5, margin=0.0, nll=0.3, losses=[0.69])
+    (roots / "runs" / "r1" / "iter_0").mkdir(parents=True)
+    (roots / "runs" / "r1" / "iter_0" / "metrics.json").write_text(json.dumps(metrics.model_dump(mode="json")))
+    launcher.finish(f"spin-{run_id}-iter0-try1", "SUCCEEDED")
+    tick(app)
+    run = api.get(f"/runs/{run_id}").json()
+    assert run["state"] == "stopped" and [it["state"] for it in run["iterations"]] == ["succeeded", "skipped"]
+    # Iteration 0's job left the generator serving model 1 for iteration 1, which will not run.
+    assert launcher.released == ([] if keep_serving else [run_id])
