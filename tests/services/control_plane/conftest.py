@@ -24,3 +24,11 @@ def database_url(request, tmp_path):
     engine = create_engine(POSTGRES_URL)
     Base.metadata.drop_all(engine)
     engine.dispose()
+
+
+@pytest.fixture
+def roots(tmp_path):
+    """The allowed data (inputs/) and storage (runs/) roots of a control plane under test."""
+    (tmp_path / "inputs").mkdir()
+    (tmp_path / "runs").mkdir()
+    return tmp_path

@@ -38,13 +38,6 @@ def config(roots, name="api-run", storage="runs/r1", model="inputs/no-such-model
 
 
 @pytest.fixture
-def roots(tmp_path):
-    (tmp_path / "inputs").mkdir()
-    (tmp_path / "runs").mkdir()
-    return tmp_path
-
-
-@pytest.fixture
 def launcher():
     return RecordingLauncher()
 

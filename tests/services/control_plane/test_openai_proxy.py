@@ -38,13 +38,6 @@ def upstream_app(seen):
 
 
 @pytest.fixture
-def roots(tmp_path):
-    (tmp_path / "inputs").mkdir()
-    (tmp_path / "runs").mkdir()
-    return tmp_path
-
-
-@pytest.fixture
 def proxied(roots):
     seen = []
     with BackgroundServer(upstream_app(seen)) as upstream:
