@@ -100,6 +100,7 @@ def run(
     cfg = _load_and_connect(config, set_)
     from jobs.iteration import run_iteration
     from jobs.iteration.context import generator_app_name
+    from jobs.iteration.controller import serve_best
     from jobs.progress import LogSink, Progress, RichSink
     from services.generator.client import stop_serving
 
@@ -116,24 +117,29 @@ def run(
                     sink.close()
             if iteration is None and _stopped_by_rule(cfg, k):
                 break
-        else:
-            if todo[-1] != cfg.num_iterations - 1:
-                return  # the next iteration's job samples from the generator as it was left: model k+1
+        # An iteration job of the control plane ends the run when it is the last one or its rule stops the run (the
+        # control plane records the stop); otherwise the next job samples from the generator as it was left.
+        ended = (
+            iteration is None or iteration == cfg.num_iterations - 1 or _stopped_by_rule(cfg, iteration, record=False)
+        )
+        if ended and cfg.generator.keep_serving:
+            serve_best(cfg)
     except BaseException:
         stop_serving(generator_app_name(cfg))  # failed, stopped or interrupted: release its CPUs or GPUs
         raise
-    if not cfg.generator.keep_serving:
+    if ended and not cfg.generator.keep_serving:
         stop_serving(generator_app_name(cfg))
 
 
-def _stopped_by_rule(cfg: SpinConfig, k: int) -> bool:
-    """Headless runs apply the stopping rule between iterations (the control plane does it for its runs)."""
+def _stopped_by_rule(cfg: SpinConfig, k: int, record: bool = True) -> bool:
+    """Whether the stopping rule ends the run after iteration k; headless runs `record` the stop (the control plane
+    records its runs')."""
     from jobs.report.results import load_run
     from jobs.report.stopping import record_stop, stop_decision
     from jobs.storage import RunStorage
 
     decision = stop_decision(cfg.stopping, load_run(cfg.storage_uri).iterations)
-    if decision.stop and decision.reason:
+    if decision.stop and decision.reason and record:
         record_stop(RunStorage(cfg.storage_uri), k, decision.reason)
         logging.getLogger("spin").info("run stopped by its stopping rule", extra={"reason": decision.reason})
     return decision.stop

@@ -101,8 +101,9 @@ class GeneratorConfig(EngineSettings):
     prompts_per_request: int = Field(32, ge=1)
     callers: int = Field(2, ge=1, description="Ray Data actors sending prompts to the deployment concurrently.")
     request_timeout_s: float = Field(600.0, gt=0.0)  # a bad request can hang vLLM silently; never wait forever
-    # After the run's last iteration, keep serving its last model (OpenAI routes for evaluation harnesses) until
-    # the run is deleted or cancelled, or `spin release`; off, the generator's CPUs or GPUs are freed at once.
+    # After the run's last iteration, keep serving its best model on validation (its last one when nothing was
+    # evaluated) to OpenAI clients and evaluation harnesses until the run is deleted or cancelled, or `spin
+    # release`; off, the generator's CPUs or GPUs are freed at once.
     keep_serving: bool = False
 
 

@@ -11,6 +11,7 @@ from cluster.files import is_file, local_copy
 from jobs.chat import pad_id
 from jobs.config import IterationPlan, SpinConfig, TrainConfig
 from jobs.hf import load_tokenizer
+from jobs.report.results import best_model, load_run
 from jobs.storage import RunStorage
 from services.generator.client import serve_model
 from services.generator.schemas import EngineSettings, GeneratorArgs
@@ -68,8 +69,11 @@ class IterationContext:
         return generator_app_name(self.cfg)
 
     def serve(self, model_uri: str, version: int) -> float:
-        """Make the run's generator serve `model_uri` as model `version`; returns the seconds it took."""
-        return serve_model(generator_args(self), self.generator_app, model_uri, version)
+        """Make the run's generator serve `model_uri` as model `version`, named `<name>:best` too when it is the
+        run's best model so far on validation; returns the seconds it took."""
+        best = best_model(load_run(self.storage.uri))
+        is_best = best is not None and best.evaluation.model_version == version
+        return serve_model(generator_args(self), self.generator_app, model_uri, version, best=is_best)
 
 
 def generator_app_name(cfg: SpinConfig) -> str:

@@ -30,6 +30,7 @@ from jobs.iteration.train import run_train
 from jobs.metrics import Evaluation, IterationMetrics
 from jobs.progress import Progress, StatusSink
 from jobs.report.cards import write_cards
+from jobs.report.results import ModelResult, best_model, load_run
 
 logger = logging.getLogger("spin")
 
@@ -47,10 +48,24 @@ def run_iteration(cfg: SpinConfig, k: int, progress: Progress | None = None) -> 
     progress.sinks += [status, MetricsSink(cfg.name, k)]
     metrics = _run_stages(ctx, progress, status)
     ctx.storage.write_json(ctx.storage.metrics(k), metrics.model_dump(mode="json"))
+    if metrics.evaluation is not None:
+        ctx.serve(metrics.model_out, k + 1)  # no weight move: `<name>:best` names it if its evaluation made it best
     write_cards(cfg, k)  # from what metrics.json now records
     if ctx.tracker is not None:
         _track(ctx, metrics)
     return metrics
+
+
+def serve_best(cfg: SpinConfig) -> ModelResult | None:
+    """After a run's last iteration: its generator serves the run's best model on validation (a weight move when
+    that is not the last one), as `<name>:best`; None (the generator left as it is) when nothing was evaluated."""
+    record = load_run(cfg.storage_uri)
+    best = best_model(record)
+    if best is not None and record.iterations:
+        ctx = IterationContext.create(cfg, record.iterations[-1].iteration)
+        ctx.serve(best.evaluation.model, best.evaluation.model_version)
+        logger.info("generator serves the run's best model", extra={"model": best.label})
+    return best
 
 
 def _track(ctx: IterationContext, metrics: IterationMetrics) -> None:

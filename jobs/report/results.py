@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from jobs.metrics import BaselineMetrics, Evaluation, IterationMetrics, TrainSummary
+from jobs.metrics import BaselineMetrics, Evaluation, IterationMetrics, SplitScores, TrainSummary
 from jobs.report.comparisons import Comparison, compare
 from jobs.report.stopping import StopRecord
 from jobs.storage import CONTINUED_SFT, SFT, RunStorage
@@ -75,6 +75,26 @@ def load_run(storage_uri: str) -> RunRecord:
         stopped=StopRecord.model_validate(storage.read_json(stopped)) if storage.exists(stopped) else None,
         models=models,
     )
+
+
+def best_model(record: RunRecord) -> ModelResult | None:
+    """The run's best model so far on the validation split (the SFT model or an iteration's; continued SFT is a
+    baseline, not one of the run's models): the highest task metric, ties broken by the real answers' lower NLL,
+    where every candidate has a task metric; the lowest NLL otherwise. A later model must beat an earlier one."""
+    candidates = [
+        (m, m.evaluation.validation)
+        for m in record.models
+        if m.label != CONTINUED_SFT_ROW and m.evaluation.validation is not None
+    ]
+    if not candidates:
+        return None
+    scored = all(v.task_metric is not None for _, v in candidates)
+
+    def key(candidate: tuple[ModelResult, SplitScores]) -> tuple[float, ...]:
+        v = candidate[1]
+        return (v.task_metric or 0.0, -v.nll) if scored else (-v.nll,)
+
+    return max(candidates, key=key)[0]  # max keeps the first of equals
 
 
 def comparisons(record: RunRecord, split: str = REPORTED_SPLIT) -> list[Comparison]:

@@ -71,22 +71,35 @@ def generator_info(app_name: str, timeout_s: float = 60.0) -> GeneratorInfo | No
     return info
 
 
-def serve_model(args: GeneratorArgs, app_name: str, model_dir: str, version: int, timeout_s: float = 900.0) -> float:
-    """Make the generator application `app_name` serve `model_dir` as `version`; returns the seconds it took."""
+def serve_model(
+    args: GeneratorArgs,
+    app_name: str,
+    model_dir: str,
+    version: int,
+    *,
+    best: bool = False,
+    timeout_s: float = 900.0,
+) -> float:
+    """Make the generator application `app_name` serve `model_dir` as `version` (`best`: the run's best model so
+    far, which its OpenAI routes then also answer to as `<name>:best`); returns the seconds it took."""
     from ray import serve
 
     start = time.perf_counter()
     start_serve()
+    update = WeightsUpdate(model_path=model_dir, model_version=version, best=best)
     current = generator_info(app_name)
     if current is None:
-        app = generator_app(args.model_copy(update={"model_path": model_dir, "model_version": version}))
+        app = generator_app(args.model_copy(update={"model_path": model_dir, "model_version": version}), update)
         serve.run(app, name=app_name, route_prefix=route_prefix(app_name), logging_config=QUIET_LOGS)
-    elif (current.model_path, current.model_version) != (model_dir, version):
+    elif _served(current) != update:
         deployed: GeneratorArgs = generator_handle(app_name).args.remote().result(timeout_s=60)
-        update = WeightsUpdate(model_path=model_dir, model_version=version)
-        app = generator_app(deployed, update)
-        serve.run(app, name=app_name, route_prefix=route_prefix(app_name), logging_config=QUIET_LOGS)
-    _wait_for(app_name, model_dir, version, timeout_s)
+        serve.run(
+            generator_app(deployed, update),
+            name=app_name,
+            route_prefix=route_prefix(app_name),
+            logging_config=QUIET_LOGS,
+        )
+    _wait_for(app_name, update, timeout_s)
     seconds = time.perf_counter() - start
     logger.info("generator serves version %d from %s (%.1fs)", version, model_dir, seconds)
     return seconds
@@ -100,7 +113,11 @@ def stop_serving(app_name: str) -> None:
         serve.delete(app_name)
 
 
-def _wait_for(app_name: str, model_dir: str, version: int, timeout_s: float) -> None:
+def _served(info: GeneratorInfo) -> WeightsUpdate:
+    return WeightsUpdate(model_path=info.model_path, model_version=info.model_version, best=info.best)
+
+
+def _wait_for(app_name: str, update: WeightsUpdate, timeout_s: float) -> None:
     from ray import serve
 
     deadline = time.monotonic() + timeout_s
@@ -110,7 +127,7 @@ def _wait_for(app_name: str, model_dir: str, version: int, timeout_s: float) -> 
             raise RuntimeError(f"the generator failed to deploy: {app.message}")
         if app is not None and app.status == "RUNNING":
             info = generator_info(app_name)
-            if info is not None and (info.model_path, info.model_version) == (model_dir, version):
+            if info is not None and _served(info) == update:
                 return
         time.sleep(1.0)
-    raise TimeoutError(f"the generator did not serve version {version} within {timeout_s:.0f}s")
+    raise TimeoutError(f"the generator did not serve version {update.model_version} within {timeout_s:.0f}s")

@@ -90,12 +90,13 @@ class SpinGenerator:
         self._args = GeneratorArgs.model_validate(args)
         self._model_path = self._args.model_path
         self._version = self._args.model_version
-        local = local_copy(self._model_path)
-        self._engine = self._start_engine(local)
+        self._best = False  # set by the user_config (`reconfigure`), which Serve applies right after __init__
+        self._local = local_copy(self._model_path)
+        self._engine = self._start_engine(self._local)
         self._engine_started_at = time.time()
         from services.generator.openai_api import OpenAIRoutes
 
-        self._openai = OpenAIRoutes(self._engine, local, openai_model_ids(self._args.served_model_name, self._version))
+        self._openai = OpenAIRoutes(self._engine, self._local, self._model_ids())
         self._labelled = False  # whether the engine carries the version label yet (set on first use: it is async)
         # Requests in flight, and whether a weight move is under way: a move waits for the requests to
         # drain and new requests wait for the move, so each response comes from exactly one version.
@@ -203,10 +204,17 @@ class SpinGenerator:
             raise RuntimeError("the vLLM engine returned no output")
         return final
 
+    def _model_ids(self) -> list[str]:
+        return openai_model_ids(self._args.served_model_name, self._version, self._best)
+
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Move to the weights named in the Serve user_config, if they differ from the current ones."""
+        """Move to the weights named in the Serve user_config, if they differ from the current ones; a change of
+        `best` alone only renames the OpenAI routes' model ids."""
         update = WeightsUpdate.model_validate(user_config)
         if (update.model_path, update.model_version) == (self._model_path, self._version):
+            if update.best != self._best:
+                self._best = update.best
+                self._openai.rename(self._local, self._model_ids())
             return
         async with self._gate:
             self._moving = True
@@ -219,8 +227,9 @@ class SpinGenerator:
             # The engine's own label: every output from here on says which weights sampled it.
             await self._engine.update_weight_version(str(update.model_version))
             self._labelled = True
-            self._model_path, self._version = update.model_path, update.model_version
-            self._openai.rename(local, openai_model_ids(self._args.served_model_name, update.model_version))
+            self._model_path, self._version, self._local = update.model_path, update.model_version, local
+            self._best = update.best
+            self._openai.rename(local, self._model_ids())
         finally:
             async with self._gate:
                 self._moving = False
@@ -239,7 +248,8 @@ class SpinGenerator:
                 replica_id=serve.get_replica_context().replica_id.unique_id,
                 engine_started_at=self._engine_started_at,
                 weight_version=await self._engine.get_weight_version(),
-                model_ids=openai_model_ids(self._args.served_model_name, self._version),
+                model_ids=self._model_ids(),
+                best=self._best,
             )
 
     async def check_health(self) -> None:

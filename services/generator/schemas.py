@@ -94,11 +94,12 @@ class GenerateRequest(Strict):
         return self
 
 
-def openai_model_ids(name: str, version: int) -> list[str]:
-    """The OpenAI model ids of model `version` of run `name`: the one naming its iteration, then the run's name
-    alone, which always means what the run's generator serves now."""
+def openai_model_ids(name: str, version: int, best: bool = False) -> list[str]:
+    """The OpenAI model ids of model `version` of run `name`: the one naming its iteration, `<name>:best` when it is
+    the run's best so far on the validation split, then the run's name alone, which always means what the run's
+    generator serves now."""
     which = {0: "sft", -1: "baseline"}.get(version, f"iter{version - 1}")  # version k+1 is iteration k's output
-    return [f"{name}:{which}", name]
+    return [f"{name}:{which}", *([f"{name}:best"] if best else []), name]
 
 
 class Completion(Strict):
@@ -132,6 +133,7 @@ class GeneratorInfo(Strict):
     engine_started_at: float  # time.time() when this replica's engine was built
     weight_version: str = ""  # the engine's own label of the weights it samples with ("" in older records)
     model_ids: list[str] = []  # what its OpenAI routes answer to
+    best: bool = False  # whether it serves the run's best model so far (on validation)
 
 
 class WeightsUpdate(Strict):
@@ -139,3 +141,4 @@ class WeightsUpdate(Strict):
 
     model_path: str
     model_version: int = Field(ge=-1)
+    best: bool = False  # the run's best model so far on validation: its OpenAI routes also answer to `<name>:best`

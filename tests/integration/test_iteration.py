@@ -15,6 +15,7 @@ from jobs.chat import encode_prompt, pad_id
 from jobs.hf import load_causal_lm, load_tokenizer
 from jobs.iteration.context import generator_app_name
 from jobs.iteration.train_step import policy_logps
+from jobs.report.results import load_run
 from jobs.sft_rows import BadRowsError
 from jobs.spin.collate import collate_pairs
 from jobs.spin.schedule import StepPlan
@@ -156,8 +157,12 @@ def test_checkpoint_loads_in_transformers_and_vllm_with_the_same_greedy_tokens(i
     app = generator_app_name(cfg)
     info = generator_info(app)
     assert (info.model_version, info.model_path) == (1, model_dir)
-    # The engine's own weight label moved with it, and the OpenAI model ids name the iteration that made it.
-    assert (info.weight_version, info.model_ids) == ("1", ["it-test:iter0", "it-test"])
+    # The engine's own weight label moved with it, and the OpenAI model ids name the iteration that made it (and
+    # `:best` when its validation scores beat the SFT model's: the higher task metric, ties to the lower NLL).
+    sft, spin = (m.evaluation.validation for m in load_run(cfg.storage_uri).models[:2])
+    spin_best = (spin.task_metric, -spin.nll) > (sft.task_metric, -sft.nll)
+    assert (info.weight_version, info.best) == ("1", spin_best)
+    assert info.model_ids == ["it-test:iter0", *(["it-test:best"] if spin_best else []), "it-test"]
     storage = RunStorage(cfg.storage_uri)
     before = storage.marker(storage.generations(0))["generator"]
     assert (before["model_version"], before["weight_version"]) == (0, "0")
@@ -448,6 +453,37 @@ def test_the_generators_sample_log_probs_equal_the_reference_forward(iteration):
     # Tolerance per answer of up to 24 tokens: vLLM's CPU kernels and transformers' differ in rounding only.
     differences = [abs(a - b) for a, b in zip(from_generator[1:], forward_generated[1:].tolist(), strict=True)]
     assert max(differences) < 1e-2, differences
+
+
+def test_after_the_run_the_generator_serves_its_best_model_as_best(iteration):
+    """What `keep_serving` leaves up: the run's best model on validation (the SFT model here, unless iteration 0's
+    beat it), named `<run>:best` on the OpenAI routes of Serve's proxy; a weight move when it is not the last model."""
+    import openai
+
+    from cluster.runtime import serve_http_options
+    from jobs.iteration.controller import serve_best
+    from services.generator.client import route_prefix
+
+    cfg, _, _ = iteration
+    app = generator_app_name(cfg)
+    sft, spin = (m.evaluation.validation for m in load_run(cfg.storage_uri).models[:2])
+    which = "iter0" if (spin.task_metric, -spin.nll) > (sft.task_metric, -sft.nll) else "sft"
+    best = serve_best(cfg)
+    assert best is not None and best.label == ("SPIN iteration 0" if which == "iter0" else "SFT")
+    info = generator_info(app)
+    assert (info.model_version, info.model_path, info.best) == (
+        best.evaluation.model_version,
+        best.evaluation.model,
+        True,
+    )
+    assert info.weight_version == str(best.evaluation.model_version)
+    http = serve_http_options()
+    base_url = f"http://127.0.0.1:{http['port']}{route_prefix(app)}/v1"
+    client = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0, timeout=120)
+    assert [m.id for m in client.models.list().data] == [f"it-test:{which}", "it-test:best", "it-test"]
+    answer = client.completions.create(model="it-test:best", prompt="What is 2 + 2?", max_tokens=4, temperature=0)
+    # vLLM names an answer by the model's first id, whichever id the request used.
+    assert answer.model == f"it-test:{which}" and answer.usage.completion_tokens <= 4
 
 
 def test_choices_never_read_the_test_split(iteration, tmp_path):

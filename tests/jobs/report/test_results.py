@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from jobs.report.results import comparisons, load_run, report_rows
+from jobs.report.results import ModelResult, RunRecord, best_model, comparisons, load_run, report_rows
+from tests.factories import evaluation
 
 
 def test_rows_agree_with_the_stored_metrics(stored_run):
@@ -47,3 +48,31 @@ def test_metrics_files_round_trip_with_their_names(stored_run):
     assert saved["evaluation"]["diagnostics"]["rewards/accuracies"] == 0.58
     assert saved["train"]["final"]["loss"] == 0.66 and saved["train"]["final"] == saved["train"]["history"][-1]
     assert record.iterations[1].model_dump(mode="json") == saved
+
+
+def run_of(*models):
+    """A run record holding the given (label, version, validation task metric, validation NLL) models."""
+    from jobs.metrics import Evaluation
+
+    return RunRecord(
+        storage_uri="/tmp/r",
+        iterations=[],
+        models=[
+            ModelResult(label, Evaluation.model_validate(evaluation(v, task, nll)), None)
+            for label, v, task, nll in models
+        ],
+    )
+
+
+def test_the_best_model_is_chosen_on_validation_and_a_later_one_must_beat_an_earlier_one(stored_run):
+    best = best_model(load_run(str(stored_run)))
+    assert best is not None and best.label == "SPIN iteration 1"  # 0.70 against 0.55 (SFT) and 0.65
+    tied = run_of(("SFT", 0, 0.5, 0.2), ("SPIN iteration 0", 1, 0.5, 0.2), ("SPIN iteration 1", 2, 0.5, 0.1))
+    assert best_model(tied).label == "SPIN iteration 1"  # equal task metric: the lower NLL
+    equal = run_of(("SFT", 0, 0.5, 0.2), ("SPIN iteration 0", 1, 0.5, 0.2))
+    assert best_model(equal).label == "SFT"
+    worse = run_of(("SFT", 0, 0.6, 0.3), ("SPIN iteration 0", 1, 0.5, 0.1), ("continued SFT", -1, 0.9, 0.1))
+    assert best_model(worse).label == "SFT"  # continued SFT is a baseline, not one of the run's models
+    unscored = run_of(("SFT", 0, None, 0.3), ("SPIN iteration 0", 1, 0.5, 0.2), ("SPIN iteration 1", 2, None, 0.1))
+    assert best_model(unscored).label == "SPIN iteration 1"  # a task metric missing somewhere: the NLL alone
+    assert best_model(run_of()) is None

@@ -37,12 +37,16 @@ def upstream_app(seen):
     return app
 
 
+def control_plane(roots, serve_url, **overrides):
+    """The control plane (no reconciler) whose Serve proxy is at `serve_url`."""
+    return create_app(settings(roots, serve_url=serve_url, **overrides), launcher=RecordingLauncher(), reconcile=False)
+
+
 @pytest.fixture
 def proxied(roots):
     seen = []
     with BackgroundServer(upstream_app(seen)) as upstream:
-        app = create_app(settings(roots, serve_url=upstream.url), launcher=RecordingLauncher(), reconcile=False)
-        with BackgroundServer(app) as server:
+        with BackgroundServer(control_plane(roots, upstream.url)) as server:
             run = httpx.post(f"{server.url}/runs", json={"config": config(roots)}, headers=AUTH).json()
             yield server.url, run, seen
 
@@ -85,13 +89,9 @@ def test_the_token_is_required_when_the_server_has_one(proxied):
 def test_a_server_without_a_token_serves_reads_to_anyone(roots):
     seen = []
     with BackgroundServer(upstream_app(seen)) as upstream:
-        with_token = create_app(settings(roots, serve_url=upstream.url), launcher=RecordingLauncher(), reconcile=False)
-        with BackgroundServer(with_token) as server:
+        with BackgroundServer(control_plane(roots, upstream.url)) as server:
             run = httpx.post(f"{server.url}/runs", json={"config": config(roots)}, headers=AUTH).json()
-        open_app = create_app(
-            settings(roots, serve_url=upstream.url, api_token=None), launcher=RecordingLauncher(), reconcile=False
-        )
-        with BackgroundServer(open_app) as server:
+        with BackgroundServer(control_plane(roots, upstream.url, api_token=None)) as server:
             assert httpx.get(f"{server.url}/runs/{run['id']}/v1/models").status_code == 200
 
 
@@ -101,9 +101,6 @@ def test_unknown_runs_get_404_and_a_run_without_a_generator_503(proxied, roots):
     other = httpx.post(f"{url}/runs", json={"config": config(roots, name="other", storage="runs/r2")}, headers=AUTH)
     idle = httpx.get(f"{url}/runs/{other.json()['id']}/v1/models", headers=AUTH)  # Serve has no such application
     assert idle.status_code == 503 and "no generator serving" in idle.json()["detail"]
-    closed = create_app(
-        settings(roots, serve_url=f"http://127.0.0.1:{free_port()}"), launcher=RecordingLauncher(), reconcile=False
-    )
-    with BackgroundServer(closed) as server:
+    with BackgroundServer(control_plane(roots, f"http://127.0.0.1:{free_port()}")) as server:
         down = httpx.get(f"{server.url}/runs/{run['id']}/v1/models", headers=AUTH)
     assert down.status_code == 503 and "cannot be reached" in down.json()["detail"]

@@ -25,3 +25,8 @@ def test_a_response_is_the_versions_only_when_every_completion_was_sampled_by_it
 )
 def test_model_ids_name_the_iteration_that_made_the_model(version, ids):
     assert openai_model_ids("run", version) == ids
+
+
+def test_the_runs_best_model_is_also_named_best():
+    assert openai_model_ids("run", 2, best=True) == ["run:iter1", "run:best", "run"]
+    assert openai_model_ids("run", 0, best=True) == ["run:sft", "run:best", "run"]
