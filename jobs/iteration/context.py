@@ -71,7 +71,7 @@ class IterationContext:
     def serve(self, model_uri: str, version: int) -> float:
         """Make the run's generator serve `model_uri` as model `version`, named `<name>:best` too when it is the
         run's best model so far on validation; returns the seconds it took."""
-        best = best_model(load_run(self.storage.uri))
+        best = best_model(load_run(self.storage.uri, with_results=False))
         is_best = best is not None and best.evaluation.model_version == version
         return serve_model(generator_args(self), self.generator_app, model_uri, version, best=is_best)
 

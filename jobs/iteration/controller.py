@@ -59,7 +59,7 @@ def run_iteration(cfg: SpinConfig, k: int, progress: Progress | None = None) -> 
 def serve_best(cfg: SpinConfig) -> ModelResult | None:
     """After a run's last iteration: its generator serves the run's best model on validation (a weight move when
     that is not the last one), as `<name>:best`; None (the generator left as it is) when nothing was evaluated."""
-    record = load_run(cfg.storage_uri)
+    record = load_run(cfg.storage_uri, with_results=False)
     best = best_model(record)
     if best is not None and record.iterations:
         ctx = IterationContext.create(cfg, record.iterations[-1].iteration)

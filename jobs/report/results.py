@@ -47,7 +47,8 @@ def _results(storage: RunStorage, folder: str) -> pa.Table | None:
     return storage.read_table(folder) if storage.is_complete(folder) else None
 
 
-def load_run(storage_uri: str) -> RunRecord:
+def load_run(storage_uri: str, with_results: bool = True) -> RunRecord:
+    """`with_results`: read each model's per-prompt results too (the summaries alone suffice to choose a model)."""
     storage = RunStorage(storage_uri)
     iterations: list[IterationMetrics] = []
     while storage.exists(path := storage.metrics(len(iterations))):
@@ -56,18 +57,22 @@ def load_run(storage_uri: str) -> RunRecord:
     continued = (
         BaselineMetrics.model_validate(storage.read_json(baseline_path)) if storage.exists(baseline_path) else None
     )
+
+    def results(folder: str) -> pa.Table | None:
+        return _results(storage, folder) if with_results else None
+
     models = []
     if iterations and iterations[0].baseline:
-        models.append(
-            ModelResult(SFT_ROW, iterations[0].baseline, _results(storage, storage.baseline(SFT, "evaluation")))
-        )
+        models.append(ModelResult(SFT_ROW, iterations[0].baseline, results(storage.baseline(SFT, "evaluation"))))
     for m in iterations:
         if m.evaluation:
-            results = _results(storage, storage.evaluation(m.iteration))
-            models.append(ModelResult(f"SPIN iteration {m.iteration}", m.evaluation, results, m.train))
+            models.append(
+                ModelResult(
+                    f"SPIN iteration {m.iteration}", m.evaluation, results(storage.evaluation(m.iteration)), m.train
+                )
+            )
     if continued:
-        results = _results(storage, storage.baseline(CONTINUED_SFT, "evaluation"))
-        models.append(ModelResult(CONTINUED_SFT_ROW, continued, results))
+        models.append(ModelResult(CONTINUED_SFT_ROW, continued, results(storage.baseline(CONTINUED_SFT, "evaluation"))))
     return RunRecord(
         storage_uri=storage.uri,
         iterations=iterations,
