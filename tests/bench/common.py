@@ -12,6 +12,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -223,7 +224,10 @@ def run_case(module: str, case: str, size: Size, timeout_s: float = 1800, **extr
             str(out),
             json.dumps(extra),
         ]
+        started = time.perf_counter()
         proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s, env=case_env())
+        # Progress on stderr: a bench runs for minutes, and this says which case took them.
+        print(f"bench {module}.{case}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
         if proc.returncode != 0 or not out.exists():
             raise RuntimeError(f"bench {module}.{case} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
         return dict(json.loads(out.read_text()))
