@@ -99,7 +99,7 @@ class GeneratorConfig(EngineSettings):
     # callers × prompts_per_request in flight fill max_num_seqs, so the engine batches as wide as it can; twice as
     # many ran at 0.62x (tests/bench, SmolLM2 on CPU: the KV cache then held fewer sequences than were running).
     prompts_per_request: int = Field(32, ge=1)
-    callers: int = Field(2, ge=1, description="Ray Data actors sending prompts to the deployment concurrently.")
+    callers: int = Field(2, ge=1, description="Ray Data tasks sending prompts to the deployment concurrently.")
     request_timeout_s: float = Field(600.0, gt=0.0)  # a bad request can hang vLLM silently; never wait forever
     # After the run's last iteration, keep serving its best model on validation (its last one when nothing was
     # evaluated) to OpenAI clients and evaluation harnesses until the run is deleted or cancelled, or `spin

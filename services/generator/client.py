@@ -40,7 +40,13 @@ def route_prefix(app_name: str) -> str:
 
 def generator_handle(app_name: str) -> Any:
     from ray import serve
+    from ray.serve import context
 
+    # Serve keeps one client of its controller per process, and the handles it gave out. A process that outlives a
+    # Serve restart within its job (serve.shutdown, then serve.start: the generate stage's caller tasks run in worker
+    # processes Ray reuses) would keep both, bound to a controller that is gone. Serve's public API has no call that
+    # checks them, so this one does (one call to the controller) and drops them when the controller is gone.
+    context._check_cached_client_alive()
     return serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=app_name)
 
 
