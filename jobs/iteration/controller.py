@@ -23,7 +23,7 @@ from pathlib import Path
 from jobs.config import SpinConfig
 from jobs.iteration.context import IterationContext
 from jobs.iteration.evaluate import run_baseline, run_evaluate
-from jobs.iteration.generate import run_generate
+from jobs.iteration.generate import run_generate, warm_callers
 from jobs.iteration.monitoring import MetricsSink
 from jobs.iteration.score import run_score
 from jobs.iteration.train import run_train
@@ -86,6 +86,7 @@ def _run_stages(ctx: IterationContext, progress: Progress, status: StatusSink) -
 
     with progress.stage("generate") as stage:
         if not storage.is_complete(storage.generations(k)):
+            warm_callers(ctx)  # while the generator starts; nothing waits for them
             stage.part("serve", ctx.serve(ctx.model_uri, version=k))  # model k answers its own prompts
         generation = run_generate(ctx, stage)
     with progress.stage("score") as stage:

@@ -235,10 +235,10 @@ def _sft_rows(prompts: int, seed: int) -> Any:
 
 
 def _through_stage(size: Size, extra: dict[str, Any], model_dir: str, app: str) -> dict[str, Any]:
-    """The generate stage's Ray Data pipeline: SFT rows → GeneratorCaller actors → the deployment → records.
+    """The generate stage's Ray Data pipeline: SFT rows → caller tasks → the deployment → records.
 
-    `pool_startup_s` is the same pipeline on one prompt and one token: the actor pool's start on its own (each
-    dataset starts its own pool)."""
+    `pool_startup_s` is the same pipeline on one prompt and one token: the callers' start on its own (the first
+    dataset's tasks start worker processes and load the tokenizer; a later dataset's reuse them)."""
     import pyarrow.compute as pc
     import ray.data
 
@@ -316,7 +316,7 @@ def rows(results: dict[str, dict[str, Any]], on_gpu: bool) -> list[Row]:
     out = _parity_rows(results.get("sample_logps_parity", {}))
     for case in ("ray_data", "ray_data_many"):
         if "pool_startup_s" in results.get(case, {}):
-            out.append(Row("generation", case, "actor pool start-up", results[case]["pool_startup_s"], "s"))
+            out.append(Row("generation", case, "callers' start-up", results[case]["pool_startup_s"], "s"))
     return out + measured_rows(
         "generation",
         results,
