@@ -225,7 +225,7 @@ def _encode_prompts(batch: pa.Table, spec: CallerSpec) -> pa.Table:
 
 
 def _call_generator(batch: pa.Table, spec: CallerSpec) -> pa.Table:
-    return GeneratorCaller(spec)(batch)  # a handle per batch: it follows the deployment if that is replaced
+    return GeneratorCaller(spec)(batch)  # the handle is asked for per batch: generator_handle checks its client
 
 
 def generation_dataset(
