@@ -94,6 +94,11 @@ def test_end_to_end_runs_each_size_and_its_bare_stages(report):
         parts = set(r["iteration"]["stage_parts"])
         assert {"generate/serve", "generate/first_records", "train/load", "train/workers_ready_at"} <= parts
         assert r["bare_generation"]["tokens"] > 0 and r["bare_training"]["tokens"] > 0
+        # The next iteration, on the generator the first one published into, does the same work on its own pairs.
+        following = r["iteration"]["next"]
+        assert following["pairs"] == int(n) and following["wall_s"] > 0
+        assert {"generate", "score", "train", "publish"} <= set(following["stage_seconds"])
+        assert {"generate/serve", "train/load"} <= set(following["stage_parts"])
 
 
 def test_rows_are_finite_and_ratios_name_their_peer(report):

@@ -37,3 +37,12 @@ def test_the_breakdown_lists_each_stage_then_its_parts_as_shares_of_the_wall_tim
         ("  train/workers_ready_at", 5.0, None, None),  # a milestone: not a share to add up
         ("  train/load", 2.0, "wall time", 0.1),
     ]
+
+
+def test_the_next_iteration_is_read_against_the_same_bare_stages_with_its_own_breakdown():
+    result = measured(20.0, 100.0)
+    result["iteration"]["next"] = {"wall_s": 9.0, "stage_seconds": {"generate": 3.0}, "stage_parts": {}}
+    table = {(r.case, r.metric): r for r in rows({"8": result})}
+    assert table[("8 prompts, next iteration", "wall time")].ratio == pytest.approx(9.0 / 6.0)
+    assert table[("8 prompts, next iteration", "generate")].ratio == pytest.approx(3.0 / 9.0)
+    assert ("8 prompts", "generate") not in table  # the first iteration's breakdown stays its own

@@ -88,7 +88,7 @@ def _loss_and_grads(model, batch, train):
     model.zero_grad(set_to_none=True)
     loss, _ = spin_forward(model, batch, train, loss_scale=1 / batch.num_pairs)
     loss.backward()
-    return float(loss), {n: p.grad.clone() for n, p in model.named_parameters()}
+    return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
 def _scored_batch(model, tok, prompts, real, generated):
